@@ -1,0 +1,12 @@
+"""Models: the config, the FocalNet class, presets, checkpoint conversion, timm registration."""
+
+from .checkpoint import load_checkpoint, save_model
+from .config import FocalNetConfig
+from .factory import create_model, resolve_config
+from .focalnet import FocalNet
+from .presets import PaperRow, Preset, get_preset, list_models, list_presets
+
+__all__ = [
+    "FocalNetConfig", "FocalNet", "Preset", "PaperRow", "create_model", "resolve_config", "get_preset",
+    "list_models", "list_presets", "load_checkpoint", "save_model",
+]

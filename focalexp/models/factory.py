@@ -1,0 +1,106 @@
+"""`create_model`: a FocalNet from a preset name, an alias, a config or a dict, with optional weights."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+from ..errors import CheckpointError, ConfigError
+from .checkpoint import load_state_into, read_state, unwrap
+from .config import FocalNetConfig
+from .focalnet import FocalNet
+from .presets import canonical_name, get_preset
+
+
+def resolve_config(name_or_config: Any = None, **overrides: Any) -> FocalNetConfig:
+    """The config for a preset name/alias, a :class:`FocalNetConfig`, or a mapping, with ``overrides``.
+
+    A mapping may name a base preset under ``preset`` and give overrides beside it
+    (``{"preset": "focalnet_t_srf", "focal_levels": 3}``); without ``preset`` it is a full config.
+    """
+    if name_or_config is None:
+        base = FocalNetConfig()
+    elif isinstance(name_or_config, FocalNetConfig):
+        base = name_or_config
+    elif isinstance(name_or_config, str):
+        base = get_preset(name_or_config).config
+    elif isinstance(name_or_config, Mapping):
+        d = dict(name_or_config)
+        preset = d.pop("preset", None)
+        if preset is not None:
+            if not isinstance(preset, str):
+                raise ConfigError(f"preset: expected a model name, got {preset!r}")
+            base = get_preset(preset).config.replace(**d) if d else get_preset(preset).config
+        else:
+            base = FocalNetConfig.from_dict(d)
+    else:
+        raise ConfigError(f"model: expected a preset name, a FocalNetConfig or a dict, got {type(name_or_config).__name__}")
+    return base.replace(**overrides) if overrides else base
+
+
+def create_model(
+    name_or_config: Any = None,
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    pretrained: bool = False,
+    strict: bool = True,
+    features_only: bool = False,
+    **overrides: Any,
+) -> FocalNet:
+    """Build a FocalNet.
+
+    Args:
+        name_or_config: a preset name or alias (``focalnet_t_srf``, ``focalnet_tiny_srf``), a
+            :class:`FocalNetConfig`, or a dict (see :func:`resolve_config`). ``None`` with a focalexp
+            checkpoint builds the checkpoint's own config.
+        checkpoint: a local weights file in the official, timm or focalexp layout (detected).
+        pretrained: fetch timm's published weights for the preset from the Hugging Face hub.
+        strict: a checkpoint must fit exactly (otherwise mismatching tensors are skipped).
+        features_only: backbone mode; forward returns the stages' feature maps (all stages unless
+            ``out_indices`` is given).
+        **overrides: any :class:`FocalNetConfig` field.
+    """
+    state = None
+    if checkpoint is not None:
+        state = read_state(checkpoint)
+        if name_or_config is None:
+            _, stored = unwrap(state)
+            if stored is None:
+                raise ConfigError(
+                    "model: the checkpoint carries no focalexp config; name the architecture "
+                    "(e.g. create_model('focalnet_t_srf', checkpoint=...))"
+                )
+            name_or_config = stored
+    if features_only and overrides.get("out_indices") is None:
+        cfg0 = resolve_config(name_or_config, **{k: v for k, v in overrides.items() if k != "out_indices"})
+        overrides["out_indices"] = tuple(range(cfg0.num_stages))
+    cfg = resolve_config(name_or_config, **overrides)
+    model = FocalNet(cfg)
+    if pretrained:
+        if not isinstance(name_or_config, str):
+            raise ConfigError("pretrained: needs a preset name (published weights belong to a preset)")
+        _load_pretrained(model, canonical_name(name_or_config))
+    if state is not None:
+        load_state_into(model, state, strict=strict, source=f"checkpoint '{checkpoint}'")
+    return model
+
+
+def _load_pretrained(model: FocalNet, name: str) -> None:
+    preset = get_preset(name)
+    if preset.timm_name is None:
+        raise CheckpointError(
+            f"pretrained: {name} has no weights on the Hugging Face hub (timm publishes none for it); "
+            "download the official .pth and pass checkpoint=PATH"
+        )
+    import timm
+
+    tag = f"{preset.timm_name}.{preset.timm_tag}"
+    try:
+        ref = timm.create_model(tag, pretrained=True, num_classes=model.config.num_classes)
+    except Exception as e:  # network, hub or cache errors: one line, no traceback
+        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        raise CheckpointError(
+            f"pretrained: could not fetch {tag} from the Hugging Face hub ({type(e).__name__}"
+            f"{': ' + msg if msg else ''}); offline? pass a downloaded file as checkpoint=PATH"
+        ) from None
+    load_state_into(model, ref.state_dict(), source=f"timm weights {tag}")

@@ -37,7 +37,7 @@ from ..models.focalnet import FocalNet
 
 # fvcore's default handles, in its simplified op names (what the papers count)
 PAPER_OPS = {
-    "addmm", "bmm", "_convolution", "einsum", "matmul", "mm", "linear", "batch_norm", "group_norm",
+    "addmm", "bmm", "conv", "_convolution", "einsum", "matmul", "mm", "linear", "batch_norm", "group_norm",
     "layer_norm", "instance_norm", "upsample_nearest2d", "upsample_bilinear2d", "adaptive_avg_pool2d",
     "grid_sampler", "scaled_dot_product_attention",
 }

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
+import types
 import re
 import tempfile
 from pathlib import Path
@@ -49,31 +51,57 @@ def read_state(path: str | os.PathLike) -> dict[str, Any]:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:
         first = e
-    # official training checkpoints pickle their yacs config next to the weights: allow that class only
-    allowed = _harmless_globals()
-    if allowed:
-        try:
-            with torch.serialization.safe_globals(allowed):
-                return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        except Exception:
-            pass
+    # Official training checkpoints pickle their yacs config (a dict subclass, which the weights-only
+    # unpickler cannot rebuild) next to the weights: retry with an allowlist that adds config classes
+    # and nothing that can run code.
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
+    except Exception:
+        pass
     raise CheckpointError(
         f"checkpoint: cannot read '{p}' with weights_only=True ({_first_line(first)}); "
         "re-save just the state dict with torch.save(state_dict, path)"
     ) from None
 
 
-def _harmless_globals() -> list:
-    import argparse
+_ALLOWED_GLOBALS = {
+    ("collections", "OrderedDict"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch._utils", "_rebuild_parameter_with_state"),
+    ("torch._tensor", "_rebuild_from_type_v2"),
+    ("torch", "Size"),
+    ("torch", "device"),
+    ("torch", "Tensor"),
+    ("torch.nn.parameter", "Parameter"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "slice"),
+    ("builtins", "complex"),
+    ("_codecs", "encode"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("yacs.config", "CfgNode"),
+    ("argparse", "Namespace"),
+}
 
-    out: list = [argparse.Namespace]
-    try:
-        from yacs.config import CfgNode
 
-        out.append(CfgNode)
-    except ImportError:  # pragma: no cover
-        pass
-    return out
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Rebuilds tensors, containers and config objects; refuses every other global."""
+
+    def find_class(self, module: str, name: str):
+        module = {"__builtin__": "builtins", "copy_reg": "copyreg"}.get(module, module)  # protocol-2 names
+        if (module, name) in _ALLOWED_GLOBALS or (
+            module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        ) or (module.startswith("numpy") and name.endswith("DType")):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed")
+
+
+_restricted_pickle = types.SimpleNamespace(
+    __name__="focalexp_restricted_pickle", Unpickler=_RestrictedUnpickler, load=pickle.load
+)
 
 
 def _first_line(e: BaseException) -> str:

@@ -1,0 +1,244 @@
+"""`focalexp <command>`: a thin layer that parses arguments, calls the library and prints.
+
+Exit codes: 0 ok, 1 a run or job failed, 2 bad input (one line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Callable, Sequence
+
+from .errors import FocalexpError
+
+EXAMPLES = {
+    "models": "focalexp models\n  focalexp models --kind paper --json",
+    "flops": "focalexp flops --model focalnet_t_srf\n  focalexp flops --model focalnet_t_lrf --set focal_levels=4 "
+    "--by module --depth 2\n  focalexp flops --model focalnet_b_srf --img-size 384 --json",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line (exit 2) instead of usage + message."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise SystemExit(2)
+
+
+def _fmt_m(n: int | float | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.2f}"
+
+
+def _fmt_g(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+# ---------------------------------------------------------------------------- models
+def cmd_models(args: argparse.Namespace) -> int:
+    from .analysis.flops import count_params, measure_flops, official_flops
+    from .models.presets import list_presets
+
+    presets = list_presets(args.kind)
+    records: list[dict[str, Any]] = []
+    from tqdm import tqdm
+
+    bar = tqdm(presets, desc="counting", disable=args.fast or not sys.stderr.isatty(), leave=False)
+    for p in bar:
+        bar.set_postfix_str(p.name)
+        cfg = p.config
+        from .analysis.flops import model_for_counting
+
+        if args.fast:
+            import torch
+
+            from .models.focalnet import FocalNet
+
+            with torch.device("meta"):
+                params = count_params(FocalNet(cfg))
+            gmacs = None
+        else:
+            rep = measure_flops(model_for_counting(cfg), cfg.img_size, cross_check=False, config=cfg)
+            params, gmacs = rep.params, rep.gmacs
+        off = official_flops(cfg)
+        row = p.rows[0] if p.rows else None
+        records.append(
+            {
+                "name": p.name,
+                "kind": p.kind,
+                "aliases": list(p.aliases),
+                "img_size": cfg.img_size,
+                "num_classes": cfg.num_classes,
+                "params": params,
+                "gmacs": gmacs,
+                "official_gflops": None if off is None else off / 1e9,
+                "paper": None if row is None else {
+                    "source": row.source,
+                    "params": row.params,
+                    "params_m": row.paper_params_m if row.paper_params_m is not None else row.params_m,
+                    "gflops": row.paper_gflops,
+                    "gmacs": row.gmacs,
+                },
+                "timm_weights": f"{p.timm_name}.{p.timm_tag}" if p.timm_name else None,
+                "description": p.doc,
+            }
+        )
+    if args.json:
+        print(json.dumps(records, indent=2))
+        return 0
+    rows = []
+    for r in records:
+        pp = r["paper"] or {}
+        rows.append([
+            r["name"], r["kind"], str(r["img_size"]), f"{r['params']:,}",
+            "-" if pp.get("params_m") is None else f"{pp['params_m']}",
+            _fmt_g(r["gmacs"]), "-" if pp.get("gmacs") is None else f"{pp['gmacs']}",
+            _fmt_g(r["official_gflops"]), "-" if pp.get("gflops") is None else f"{pp['gflops']}",
+        ])
+    print(_table(rows, ["model", "kind", "res", "params", "paper M", "GMACs", "ref GMACs", "flops()", "paper G"]))
+    print(
+        "\nGMACs: fvcore, the papers' convention (1 multiply-add = 1; element-wise ops not counted); "
+        "ref GMACs: timm / reference values; flops(): the official analytic formula; paper: as printed. "
+        "Heads as the preset builds them (22K models: 21842 classes; the README's large counts use 1000)."
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------- flops
+def cmd_flops(args: argparse.Namespace) -> int:
+    from .analysis.flops import flops_table, measure_flops
+    from .analysis.modelspec import img_size_override, resolve_model_spec
+    from .models.presets import canonical_name, get_preset
+    from .overrides import parse_set_args
+
+    spec = resolve_model_spec(args.model, parse_set_args(args.set))
+    size = img_size_override(spec, args.img_size)
+    model = spec.build(counting=True)
+    in_chans = spec.config.in_chans if spec.config is not None else 3
+    rep = measure_flops(model, size, name=spec.label, depth=args.depth, config=spec.config, in_chans=in_chans)
+    paper = None
+    if spec.config is not None and not args.set:
+        p = get_preset(canonical_name(args.model))
+        paper = next((r for r in p.rows if r.img_size == size and r.num_classes is None), None)
+    if args.json:
+        d = rep.to_dict()
+        if paper is not None:
+            d["paper"] = {k: v for k, v in paper.__dict__.items() if v not in (None, "")}
+        print(json.dumps(d, indent=2))
+        return 0
+    print(f"{rep.model} @ {size}x{size}, batch 1")
+    lines = [
+        ["params", f"{rep.params:,}", f"{rep.params / 1e6:.2f} M"],
+        ["GMACs", _fmt_g(rep.gmacs), "papers' convention: fvcore, 1 multiply-add = 1, element-wise ops not counted"],
+        ["GMACs incl. element-wise", _fmt_g(rep.gmacs_elementwise),
+         "+ gating multiplies, GELU, adds, means (1 per element)"],
+        ["FlopCounterMode / 2", _fmt_g(rep.flop_counter_gmacs), "torch cross-check: matmul + conv only, no norms"],
+    ]
+    if rep.official_gflops is not None:
+        lines.append(["official flops()", _fmt_g(rep.official_gflops),
+                      "microsoft/FocalNet analytic formula (overlapped embedding counted as patch-size kernels)"])
+    if paper is not None:
+        bits = []
+        if paper.params is not None:
+            bits.append(f"{paper.params:,} params")
+        elif paper.params_m is not None:
+            bits.append(f"{paper.params_m} M params")
+        if paper.gmacs is not None:
+            bits.append(f"{paper.gmacs} GMACs")
+        if paper.official_flops_g is not None:
+            bits.append(f"flops() {paper.official_flops_g}")
+        if paper.paper_gflops is not None:
+            bits.append(f"printed {paper.paper_gflops} G")
+        lines.append(["reference", "", f"{', '.join(bits)} ({paper.source})"])
+    for name, val, note in lines:
+        print(f"  {name:<26}{val:>16}   {note}")
+
+    print("\nper stage (GMACs, papers' convention):")
+    for m, v in rep.by_stage.items():
+        print(f"  {m:<26}{v:>16.4f}")
+    if args.by == "module":
+        print(f"\nper module (fvcore, depth {args.depth}):")
+        print(flops_table(spec.build(counting=True), size, depth=args.depth, in_chans=in_chans))
+    elif args.by == "operator":
+        print("\nper operator (GMACs; * = not counted in the papers' convention):")
+        for op, v in rep.by_operator.items():
+            star = "*" if op in rep.not_counted else " "
+            print(f"  {star} {op:<24}{v:>16.4f}")
+    if rep.not_counted:
+        total = sum(rep.not_counted.values())
+        ops = ", ".join(f"{k} {v:.4f}" for k, v in list(rep.not_counted.items())[:6])
+        print(f"\nnot counted in the papers' convention: {total:.4f} GMACs ({ops})")
+    print("unsupported ops (no handle; counted nowhere): " + (
+        ", ".join(f"{k} x{v}" for k, v in rep.unsupported.items()) if rep.unsupported else "none"))
+    return 0
+
+
+# ---------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="focalexp", description="Focal Modulation Network experiments and ablations.")
+    parser.add_argument("--version", action="version", version=f"focalexp {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name, help=help_, description=help_, epilog="examples:\n  " + EXAMPLES.get(name, ""),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.set_defaults(func=fn)
+        return p
+
+    p = add("models", cmd_models, "List every preset with its parameters and GMACs beside the paper's numbers.")
+    p.add_argument("--kind", choices=["released", "paper"], help="only released (official weights) or paper-only variants")
+    p.add_argument("--fast", action="store_true", help="skip fvcore (params and the analytic flops() only)")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+
+    p = add("flops", cmd_flops, "Count parameters and FLOPs of a model (fvcore, the papers' convention, and more).")
+    p.add_argument("--model", required=True, help="a focalexp preset or alias, or a timm model name")
+    p.add_argument("--img-size", type=int, help="input resolution (default: the model's native one)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config knob (repeatable)")
+    p.add_argument("--by", choices=["module", "operator"], help="add a per-module or per-operator breakdown")
+    p.add_argument("--depth", type=int, default=2, help="module depth of the breakdown (default 2)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _quiet_library_warnings() -> None:
+    import warnings
+
+    # torch deprecates TorchScript, which fvcore's tracer (and timm) still use: not the user's concern
+    warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=DeprecationWarning)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_library_warnings()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except FocalexpError as e:
+        sys.stderr.write(f"focalexp {args.command}: error: {e}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

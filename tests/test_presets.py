@@ -1,0 +1,108 @@
+"""Every preset reproduces its published numbers: exact params, official flops(), fvcore GMACs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from focalexp.analysis.flops import count_params, measure_flops, model_for_counting, official_flops
+from focalexp.models import FocalNet, get_preset, list_models, list_presets
+from focalexp.models.presets import aliases
+
+ROWS = [(p.name, i) for p in list_presets() for i in range(len(p.rows))]
+RELEASED = [
+    "focalnet_t_srf", "focalnet_t_lrf", "focalnet_s_srf", "focalnet_s_lrf", "focalnet_b_srf", "focalnet_b_lrf",
+    "focalnet_t_iso", "focalnet_s_iso", "focalnet_b_iso", "focalnet_l_fl3", "focalnet_l_fl4", "focalnet_xl_fl3",
+    "focalnet_xl_fl4", "focalnet_h_fl3", "focalnet_h_fl4",
+]
+
+
+def _cfg(name: str, i: int):
+    p = get_preset(name)
+    row = p.rows[i]
+    cfg = p.config
+    if row.num_classes is not None:
+        cfg = cfg.replace(num_classes=row.num_classes)
+    if row.img_size != cfg.img_size:
+        cfg = cfg.replace(img_size=row.img_size)
+    return cfg, row
+
+
+def test_all_released_variants_and_aliases_exist():
+    assert set(RELEASED) <= set(list_models("released"))
+    assert len(list_models("released")) == 15
+    al = aliases()
+    for short, long in (("t", "tiny"), ("s", "small"), ("b", "base")):
+        for rf in ("srf", "lrf"):
+            assert al[f"focalnet_{long}_{rf}"] == f"focalnet_{short}_{rf}"
+    for name in ("focalnet_large_fl3", "focalnet_xlarge_fl4", "focalnet_huge_fl4", "focalnet_base_iso_16"):
+        assert name in al
+    for name in ("focalnet_l_srf", "focalnet_t_fl0", "focalnet_t_fl1", "focalnet_t_fl4", "focalnet_t_fl1_k13",
+                 "focalnet_t_srf_overlap", "focalnet_t_srf_deep"):
+        assert get_preset(name).kind == "paper"
+
+
+def test_every_preset_has_a_docstring_and_builds_on_meta():
+    for p in list_presets():
+        assert len(p.doc) > 20, p.name
+        with torch.device("meta"):
+            FocalNet(p.config)
+
+
+@pytest.mark.parametrize("name,i", ROWS, ids=[f"{n}-{i}" for n, i in ROWS])
+def test_params_and_official_flops(name, i):
+    cfg, row = _cfg(name, i)
+    with torch.device("meta"):
+        n = count_params(FocalNet(cfg))
+    if row.params is not None:
+        assert n == row.params
+    if row.params_m is not None:
+        assert round(n / 1e6, row.params_m_digits) == pytest.approx(row.params_m, abs=1e-9)
+    if row.official_flops_g is not None:
+        assert official_flops(cfg, row.img_size) / 1e9 == pytest.approx(row.official_flops_g, abs=0.01)
+
+
+GMAC_ROWS = [(n, i) for n, i in ROWS if get_preset(n).rows[i].gmacs is not None]
+
+
+@pytest.mark.parametrize("name,i", GMAC_ROWS, ids=[f"{n}-{i}" for n, i in GMAC_ROWS])
+def test_fvcore_gmacs(name, i):
+    cfg, row = _cfg(name, i)
+    rep = measure_flops(model_for_counting(cfg), row.img_size, cross_check=False, config=cfg)
+    assert rep.gmacs == pytest.approx(row.gmacs, abs=row.gmacs_tol)
+    assert rep.unsupported == {}
+    # the element-wise count only adds (gating multiplies, GELU, means)
+    assert rep.gmacs < rep.gmacs_elementwise < rep.gmacs * 1.02
+
+
+def test_paper_only_variants_counted_by_fvcore_differ_where_the_formula_is_blind():
+    """The official formula counts overlapped embeddings as patch-size kernels; fvcore does not."""
+    plain = measure_flops(model_for_counting(get_preset("focalnet_t_srf").config), 224, cross_check=False)
+    over = measure_flops(model_for_counting(get_preset("focalnet_t_srf_overlap").config), 224, cross_check=False)
+    assert official_flops(get_preset("focalnet_t_srf").config) == official_flops(get_preset("focalnet_t_srf_overlap").config)
+    assert over.gmacs > plain.gmacs + 0.1
+
+
+def test_flop_counter_cross_check_is_close():
+    m = model_for_counting(get_preset("focalnet_t_lrf").config)
+    rep = measure_flops(m, 224)
+    # FlopCounterMode counts matmuls and convs only (no LayerNorm): a little below fvcore
+    assert rep.flop_counter_gmacs == pytest.approx(4.475, abs=0.01)
+    assert 0 < rep.gmacs - rep.flop_counter_gmacs < 0.03
+
+
+def test_receptive_fields_of_table_14():
+    rf = {n: get_preset(n).config.receptive_field(0) for n in
+          ("focalnet_t_srf", "focalnet_t_lrf", "focalnet_t_fl1", "focalnet_t_fl4", "focalnet_t_fl1_k13")}
+    assert rf == {"focalnet_t_srf": 7, "focalnet_t_lrf": 13, "focalnet_t_fl1": 3, "focalnet_t_fl4": 21,
+                  "focalnet_t_fl1_k13": 13}
+
+
+def test_tiny_block_sanity_numbers():
+    m = FocalNet(get_preset("focalnet_t_srf").config)
+    blk = m.stages[0].blocks[0]
+    assert sum(p.numel() for p in blk.parameters()) == 115_395
+    assert sum(p.numel() for p in blk.modulation.parameters()) == 40_803
+    feats = m.forward_intermediates(torch.zeros(1, 3, 224, 224))
+    assert [f.shape[-1] for f in feats] == [56, 28, 14, 7]
+    assert [f.shape[1] for f in feats] == [96, 192, 384, 768]

@@ -82,10 +82,14 @@ class GateActivation(nn.Module):
 
 
 class GlobalContext(nn.Module):
-    """``GELU(mean_{H,W}(z))``: the global level of focal modulation, a hook point."""
+    """``GELU(mean_{H,W}(z))``: the global level of focal modulation, a hook point.
+
+    The mean is taken on the channels-last view: its backward (a broadcast) then keeps the gradient of
+    the last level channels-last, so GELU's and the depthwise conv's backward see one layout.
+    """
 
     def forward(self, ctx: torch.Tensor) -> torch.Tensor:
-        return F.gelu(ctx.mean((2, 3), keepdim=True))
+        return to_nchw(F.gelu(to_nhwc(ctx).mean((1, 2), keepdim=True)))
 
 
 class Mlp(nn.Module):
@@ -158,10 +162,11 @@ class FocalModulation(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         C = self.dim
-        y = self.f(x)
-        q = to_nchw(y[..., :C])
-        ctx = to_nchw(y[..., C : 2 * C])
-        gates = self.gates(to_nchw(y[..., 2 * C :])) if self.gates is not None else None
+        # split, not slicing: the backward of a split is one concatenation, while each slice's
+        # backward zero-fills a tensor as large as f's output
+        q, ctx, g_raw = torch.split(self.f(x), (C, C, self.num_gates), dim=-1)
+        q, ctx = to_nchw(q), to_nchw(ctx)
+        gates = self.gates(to_nchw(g_raw)) if self.gates is not None else None
 
         ctx_all = None
         g = 0

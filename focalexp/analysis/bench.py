@@ -1,0 +1,121 @@
+"""Throughput and memory, measured side by side: interleaved rounds, one process, same input.
+
+Conventions (timm's ``benchmark.py`` and the papers'): warm-up before timing, ``inference_mode`` for
+inference, CUDA synchronisation around every timed step on GPU, one fixed input tensor already on the
+device (no data loading), images/s = batch x steps / wall time of the round. Models are timed in
+alternating rounds so that drifts of the machine (thermal, other tenants) hit all of them alike; each
+result reports the median, min and max over rounds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class BenchResult:
+    name: str
+    mode: str  # "infer" or "train"
+    batch_size: int
+    img_size: int
+    images_per_s: list[float] = field(default_factory=list)  # one value per round
+    peak_mem_mb: float | None = None  # CUDA allocator peak; None on CPU (see interleaved())
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.images_per_s)
+
+    @property
+    def step_ms(self) -> float:
+        return 1000.0 * self.batch_size / self.median
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(median=self.median, min=min(self.images_per_s), max=max(self.images_per_s), step_ms=self.step_ms)
+        return d
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_step(model: nn.Module, x: torch.Tensor, mode: str, *, precision: str = "fp32",
+              lr: float = 1e-4) -> Callable[[], None]:
+    """A zero-argument function running one inference or one training step (fwd + bwd + AdamW)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    autocast = (lambda: torch.autocast(x.device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+    if mode == "infer":
+        model.eval()
+
+        def step() -> None:
+            with torch.inference_mode(), autocast():
+                model(x)
+
+        return step
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    target = torch.arange(x.shape[0], device=x.device) % 10
+
+    def step() -> None:
+        with autocast():
+            loss = F.cross_entropy(model(x), target)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def interleaved(
+    steps: dict[str, Callable[[], None]],
+    *,
+    batch_size: int,
+    img_size: int,
+    mode: str,
+    device: torch.device,
+    warmup: int = 2,
+    rounds: int = 5,
+    steps_per_round: int = 3,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, BenchResult]:
+    """Time every step function in alternating rounds; returns one result per name.
+
+    Peak memory is measured on CUDA only (allocator peak above the memory held before the warm-up);
+    on CPU the process RSS cannot be split between models that share one process, so it is None.
+    """
+    results = {n: BenchResult(n, mode, batch_size, img_size) for n in steps}
+    for name, fn in steps.items():  # warm-up (and peak memory) one model at a time
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+        for _ in range(warmup):
+            fn()
+        _sync(device)
+        if device.type == "cuda":
+            results[name].peak_mem_mb = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    for r in range(rounds):
+        order = list(steps) if r % 2 == 0 else list(reversed(list(steps)))
+        for name in order:
+            fn = steps[name]
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(steps_per_round):
+                fn()
+            _sync(device)
+            dt = time.perf_counter() - t0
+            results[name].images_per_s.append(batch_size * steps_per_round / dt)
+        if progress:
+            progress(f"round {r + 1}/{rounds}")
+    return results

@@ -3,8 +3,9 @@
     python analysis/speed_vs_timm.py                       # T-SRF, CPU, 2 threads, batch 16, 224
     python analysis/speed_vs_timm.py --model focalnet_t_lrf --threads 2 --rounds 7
 
-Prints images/s (median, min-max over rounds) and peak memory for each model and mode, and the ratio
-ours/timm. Peak memory is reported on CUDA (allocator peak); on CPU one process cannot attribute its RSS to
+Prints images/s (median, min-max over rounds) for each model and mode, and the speed ratio ours/timm as
+the median of round-by-round ratios (each round times one step of each model back to back, in
+alternating order, so slow drifts of a shared machine cancel). Peak memory is reported on CUDA (allocator peak); on CPU one process cannot attribute its RSS to
 one of two models, so none is printed.
 """
 
@@ -17,7 +18,7 @@ import sys
 import timm
 import torch
 
-from focalexp.analysis.bench import interleaved, make_step
+from focalexp.analysis.bench import interleaved, make_step, paired_ratio
 from focalexp.models import create_model, get_preset
 from focalexp.models.checkpoint import load_state_into
 
@@ -32,8 +33,8 @@ def main(argv=None) -> int:
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     ap.add_argument("--channels-last", action="store_true", help="feed timm a channels-last input")
     ap.add_argument("--mode", default="both", choices=["infer", "train", "both"])
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=3, help="steps per round")
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--steps", type=int, default=1, help="steps per round")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -43,7 +44,9 @@ def main(argv=None) -> int:
     if preset.timm_name is None:
         ap.error(f"{args.model} has no timm counterpart")
     torch.manual_seed(0)
-    ref = timm.create_model(preset.timm_name, num_classes=preset.config.num_classes or 1000).to(device)
+    # same architecture and the same stochastic depth as the preset (timm's default would be 0.1)
+    ref = timm.create_model(preset.timm_name, num_classes=preset.config.num_classes or 1000,
+                            drop_path_rate=preset.config.drop_path_rate).to(device)
     ours = create_model(args.model, num_classes=preset.config.num_classes or 1000).to(device)
     load_state_into(ours, ref.state_dict())
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
@@ -64,7 +67,9 @@ def main(argv=None) -> int:
             progress=lambda s: print(f"  {mode}: {s}", file=sys.stderr),
         )
         out["modes"][mode] = {k: v.to_dict() for k, v in res.items()}
-        out["modes"][mode]["ratio"] = res["focalexp"].median / res["timm"].median
+        med, lo, hi = paired_ratio(res["focalexp"], res["timm"])
+        out["modes"][mode]["ratio"] = med
+        out["modes"][mode]["ratio_iqr"] = [lo, hi]
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
@@ -76,7 +81,8 @@ def main(argv=None) -> int:
             d = r[name]
             print(f"  {mode:5s} {name:9s} {d['median']:8.1f} img/s  (min {d['min']:.1f}, max {d['max']:.1f})  "
                   f"step {d['step_ms']:7.1f} ms" + (f"  peak mem {d['peak_mem_mb']:.0f} MB" if d["peak_mem_mb"] is not None else ""))
-        print(f"  {mode:5s} ratio ours/timm: {r['ratio']:.2f}x")
+        print(f"  {mode:5s} speed ours/timm: {r['ratio']:.2f}x (median of {args.rounds} paired rounds; "
+              f"quartiles {r['ratio_iqr'][0]:.2f}-{r['ratio_iqr'][1]:.2f})")
     return 0
 
 

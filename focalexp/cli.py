@@ -43,24 +43,20 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 # ---------------------------------------------------------------------------- models
 def cmd_models(args: argparse.Namespace) -> int:
-    from .analysis.flops import count_params, measure_flops, official_flops
+    import torch
+    from tqdm import tqdm
+
+    from .analysis.flops import count_params, measure_flops, model_for_counting, official_flops
+    from .models.focalnet import FocalNet
     from .models.presets import list_presets
 
     presets = list_presets(args.kind)
     records: list[dict[str, Any]] = []
-    from tqdm import tqdm
-
     bar = tqdm(presets, desc="counting", disable=args.fast or not sys.stderr.isatty(), leave=False)
     for p in bar:
         bar.set_postfix_str(p.name)
         cfg = p.config
-        from .analysis.flops import model_for_counting
-
         if args.fast:
-            import torch
-
-            from .models.focalnet import FocalNet
-
             with torch.device("meta"):
                 params = count_params(FocalNet(cfg))
             gmacs = None

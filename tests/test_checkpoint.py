@@ -188,12 +188,43 @@ def test_official_checkpoint_with_yacs_config_loads(tmp_path):
     create_model(cfg, checkpoint=path)
 
 
-def test_pretrained_offline_fails_in_one_line(monkeypatch):
+def test_pretrained_offline_fails_fast_in_one_line(monkeypatch, tmp_path):
+    import time
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CheckpointError) as e:
         create_model("focalnet_t_srf", pretrained=True)
     assert "could not fetch focalnet_tiny_srf.ms_in1k" in str(e.value) and "\n" not in str(e.value)
+    # no offline flag, but the hub does not answer: a closed local port stands for a dead network
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    t0 = time.monotonic()
+    with pytest.raises(CheckpointError, match=r"cannot reach http://127.0.0.1:9"):
+        create_model("focalnet_t_lrf", pretrained=True)
+    assert time.monotonic() - t0 < 10
     with pytest.raises(CheckpointError, match="no weights on the Hugging Face hub"):
         create_model("focalnet_t_iso", pretrained=True)
     with pytest.raises(ConfigError, match="needs a preset name"):
         create_model(FocalNetConfig(), pretrained=True)
+
+
+def test_pretrained_from_the_hub_cache(monkeypatch, tmp_path):
+    """pretrained=True reads timm's published file format from the HF cache (no network needed)."""
+    from safetensors.torch import save_file
+
+    ref = _timm_model("focalnet_tiny_srf")
+    snap = tmp_path / "models--timm--focalnet_tiny_srf.ms_in1k" / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    save_file(ref.state_dict(), str(snap / "model.safetensors"))
+    (tmp_path / "models--timm--focalnet_tiny_srf.ms_in1k" / "refs").mkdir()
+    (tmp_path / "models--timm--focalnet_tiny_srf.ms_in1k" / "refs" / "main").write_text("abc123")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ours = create_model("focalnet_tiny_srf", pretrained=True).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=1e-5)
+    # fine-tuning: a new 10-class head, every other weight from the hub
+    ft = create_model("focalnet_t_srf", pretrained=True, num_classes=10)
+    assert ft.head.out_features == 10
+    torch.testing.assert_close(ft.stages[2].blocks[0].mlp.fc1.weight, ref.layers[2].blocks[0].mlp.fc1.weight.flatten(1))

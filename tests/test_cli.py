@@ -5,18 +5,37 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
-
-def run(*args: str, check_rc: int | None = 0) -> subprocess.CompletedProcess:
-    p = subprocess.run([sys.executable, "-m", "focalexp", *args], capture_output=True, text=True, timeout=600)
-    if check_rc is not None:
-        assert p.returncode == check_rc, p.stderr
-    return p
+from focalexp.cli import main
 
 
-def test_flops_json_has_params_and_gmacs():
+@pytest.fixture
+def run(capsys):
+    """Run the CLI in-process; returns (returncode, stdout, stderr) like a finished subprocess."""
+
+    def _run(*args: str, check_rc: int | None = 0) -> SimpleNamespace:
+        try:
+            rc = main(list(args))
+        except SystemExit as e:  # argparse errors and --help
+            rc = e.code
+        out, err = capsys.readouterr()
+        if check_rc is not None:
+            assert rc == check_rc, err
+        return SimpleNamespace(returncode=rc, stdout=out, stderr=err)
+
+    return _run
+
+
+def test_console_entry_point_runs_as_a_process():
+    p = subprocess.run([sys.executable, "-m", "focalexp", "flops", "--model", "focalnet_tiny"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "closest: focalnet_tiny_srf" in p.stderr
+
+
+def test_flops_json_has_params_and_gmacs(run):
     p = run("flops", "--model", "focalnet_t_srf", "--json")
     d = json.loads(p.stdout)
     assert d["params"] == 28_427_116 and isinstance(d["params"], int)
@@ -31,19 +50,19 @@ def test_flops_json_has_params_and_gmacs():
     assert p.stderr == ""
 
 
-def test_flops_text_with_overrides_and_breakdowns():
+def test_flops_text_with_overrides_and_breakdowns(run):
     p = run("flops", "--model", "focalnet_tiny_srf", "--set", "focal_levels=4", "--by", "operator")
     assert "GMACs" in p.stdout and "per operator" in p.stdout and "* gelu" in p.stdout
     p = run("flops", "--model", "focalnet_t_srf", "--img-size", "256", "--by", "module", "--depth", "3")
     assert "stages.2.blocks" in p.stdout and "256x256" in p.stdout
 
 
-def test_flops_counts_a_timm_baseline():
+def test_flops_counts_a_timm_baseline(run):
     d = json.loads(run("flops", "--model", "resnet18", "--json").stdout)
     assert abs(d["gmacs"] - 1.82) < 0.02 and d["official_gflops"] is None
 
 
-def test_models_lists_every_preset_fast():
+def test_models_lists_every_preset_fast(run):
     d = json.loads(run("models", "--fast", "--json").stdout)
     names = {r["name"]: r for r in d}
     assert len(names) >= 30
@@ -52,7 +71,7 @@ def test_models_lists_every_preset_fast():
     assert names["focalnet_l_fl3"]["timm_weights"] == "focalnet_large_fl3.ms_in22k"
 
 
-def test_models_table_counts_gmacs():
+def test_models_table_counts_gmacs(run):
     p = run("models", "--kind", "paper")
     assert "focalnet_t_fl1_k13" in p.stdout and "4.603" in p.stdout
     line = next(ln for ln in p.stdout.splitlines() if ln.startswith("focalnet_t_srf_overlap "))
@@ -72,7 +91,7 @@ def test_models_table_counts_gmacs():
         (["nope"], "invalid choice: 'nope'"),
     ],
 )
-def test_bad_input_exits_2_with_one_line(args, needle):
+def test_bad_input_exits_2_with_one_line(run, args, needle):
     p = run(*args, check_rc=2)
     assert needle in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1, p.stderr
@@ -80,6 +99,6 @@ def test_bad_input_exits_2_with_one_line(args, needle):
     assert p.stdout == ""
 
 
-def test_help_shows_examples():
+def test_help_shows_examples(run):
     p = run("flops", "--help")
     assert "examples:" in p.stdout and "focalexp flops --model focalnet_t_srf" in p.stdout

@@ -3,8 +3,9 @@
 Conventions (timm's ``benchmark.py`` and the papers'): warm-up before timing, ``inference_mode`` for
 inference, CUDA synchronisation around every timed step on GPU, one fixed input tensor already on the
 device (no data loading), images/s = batch x steps / wall time of the round. Models are timed in
-alternating rounds so that drifts of the machine (thermal, other tenants) hit all of them alike; each
-result reports the median, min and max over rounds.
+alternating rounds (the order flips every round) so that drifts of the machine (thermal, other tenants)
+hit all of them alike; each result reports the median, min and max over rounds, and
+:func:`paired_ratio` compares two models round by round.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class BenchResult:
     batch_size: int
     img_size: int
     images_per_s: list[float] = field(default_factory=list)  # one value per round
+    seconds: list[float] = field(default_factory=list)  # wall time of each round
     peak_mem_mb: float | None = None  # CUDA allocator peak; None on CPU (see interleaved())
 
     @property
@@ -42,6 +44,17 @@ class BenchResult:
         d = asdict(self)
         d.update(median=self.median, min=min(self.images_per_s), max=max(self.images_per_s), step_ms=self.step_ms)
         return d
+
+
+def paired_ratio(a: BenchResult, b: BenchResult) -> tuple[float, float, float]:
+    """Speed of ``a`` relative to ``b`` from rounds timed back to back: (median, lower, upper quartile).
+
+    Each round's ratio compares two measurements taken seconds apart, so slow drifts of the machine
+    cancel; the median over rounds is robust to the odd disturbed round.
+    """
+    r = sorted(tb / ta for ta, tb in zip(a.seconds, b.seconds))
+    q = lambda f: r[min(len(r) - 1, int(f * len(r)))]  # noqa: E731
+    return statistics.median(r), q(0.25), q(0.75)
 
 
 def _sync(device: torch.device) -> None:
@@ -115,6 +128,7 @@ def interleaved(
                 fn()
             _sync(device)
             dt = time.perf_counter() - t0
+            results[name].seconds.append(dt)
             results[name].images_per_s.append(batch_size * steps_per_round / dt)
         if progress:
             progress(f"round {r + 1}/{rounds}")

@@ -185,6 +185,18 @@ def _quiet():
             logger.setLevel(old)
 
 
+def _fvcore(model: nn.Module, x: torch.Tensor, elementwise: bool):
+    """fvcore's analysis of ``model(x)``, quiet, with focalexp's extra handles."""
+    from fvcore.nn import FlopCountAnalysis
+
+    fca = FlopCountAnalysis(model, x)
+    fca.set_op_handle("aten::scaled_dot_product_attention", _sdpa_handle, **(ELEMENTWISE_HANDLES if elementwise else {}))
+    fca.unsupported_ops_warnings(False)
+    fca.uncalled_modules_warnings(False)
+    fca.tracer_warnings("none")
+    return fca
+
+
 def _stage_of(name: str) -> str | None:
     parts = name.split(".")
     if name in ("stem", "norm", "head") or (len(parts) == 2 and parts[0] == "stages"):
@@ -207,16 +219,10 @@ def measure_flops(
     ``config`` (or ``model.config`` for a FocalNet) enables the official analytic count. ``depth``
     limits the per-module breakdown to module names with at most that many dots + 1 parts.
     """
-    from fvcore.nn import FlopCountAnalysis
-
     model = model.eval()
     x = torch.zeros(1, in_chans, img_size, img_size)
     with _quiet(), torch.no_grad():
-        fca = FlopCountAnalysis(model, x)
-        fca.set_op_handle("aten::scaled_dot_product_attention", _sdpa_handle, **ELEMENTWISE_HANDLES)
-        fca.unsupported_ops_warnings(False)
-        fca.uncalled_modules_warnings(False)
-        fca.tracer_warnings("none")
+        fca = _fvcore(model, x, elementwise=True)
         per_mod_op = fca.by_module_and_operator()
         unsupported = {k: v for k, v in fca.unsupported_ops().items() if k.split("::")[-1] not in _FREE_OPS}
 
@@ -261,13 +267,8 @@ def measure_flops(
 
 def flops_table(model: nn.Module, img_size: int = 224, depth: int = 3, in_chans: int = 3) -> str:
     """fvcore's per-module table (papers' convention) with parameter shapes, to ``depth`` levels."""
-    from fvcore.nn import FlopCountAnalysis, flop_count_table
+    from fvcore.nn import flop_count_table
 
     x = torch.zeros(1, in_chans, img_size, img_size)
     with _quiet(), torch.no_grad():
-        fca = FlopCountAnalysis(model.eval(), x)
-        fca.set_op_handle("aten::scaled_dot_product_attention", _sdpa_handle)
-        fca.unsupported_ops_warnings(False)
-        fca.uncalled_modules_warnings(False)
-        fca.tracer_warnings("none")
-        return flop_count_table(fca, max_depth=depth)
+        return flop_count_table(_fvcore(model.eval(), x, elementwise=False), max_depth=depth)

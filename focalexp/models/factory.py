@@ -85,6 +85,53 @@ def create_model(
     return model
 
 
+def _hub_reachable(endpoint: str, timeout: float = 5.0) -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    u = urlparse(endpoint)
+    port = u.port or (443 if u.scheme == "https" else 80)
+    try:
+        with socket.create_connection((u.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _fetch_timm_weights(tag: str) -> str:
+    """Local path of timm's published weights for ``tag``: from the HF cache, else downloaded.
+
+    Fails fast offline: ``HF_HUB_OFFLINE`` is honoured, and the hub is probed with a 5 s connect
+    timeout before a download is attempted (huggingface_hub alone retries for close to a minute).
+    """
+    import timm
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+
+    pcfg = timm.models.get_pretrained_cfg(tag)
+    repo = getattr(pcfg, "hf_hub_id", None)
+    if not repo:
+        raise CheckpointError(f"pretrained: timm lists no hub weights for {tag}")
+    cache_dir = os.environ.get("HF_HUB_CACHE") or None  # read now, not at huggingface_hub's import
+    for fname in ("model.safetensors", "pytorch_model.bin"):
+        cached = try_to_load_from_cache(repo, fname, cache_dir=cache_dir)
+        if isinstance(cached, str):
+            return cached
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        reason = "HF_HUB_OFFLINE is set and the weights are not in the local cache"
+    elif not _hub_reachable(os.environ.get("HF_ENDPOINT", constants.ENDPOINT)):
+        reason = f"cannot reach {os.environ.get('HF_ENDPOINT', constants.ENDPOINT)}"
+    else:
+        try:
+            return hf_hub_download(repo, "model.safetensors", cache_dir=cache_dir)
+        except Exception as e:  # hub or cache errors: one line, no traceback
+            msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+            reason = f"{type(e).__name__}{': ' + msg if msg else ''}"
+    raise CheckpointError(
+        f"pretrained: could not fetch {tag} from the Hugging Face hub ({reason}); "
+        "offline? pass a downloaded file as checkpoint=PATH"
+    )
+
+
 def _load_pretrained(model: FocalNet, name: str) -> None:
     preset = get_preset(name)
     if preset.timm_name is None:
@@ -92,15 +139,14 @@ def _load_pretrained(model: FocalNet, name: str) -> None:
             f"pretrained: {name} has no weights on the Hugging Face hub (timm publishes none for it); "
             "download the official .pth and pass checkpoint=PATH"
         )
-    import timm
-
     tag = f"{preset.timm_name}.{preset.timm_tag}"
-    try:
-        ref = timm.create_model(tag, pretrained=True, num_classes=model.config.num_classes)
-    except Exception as e:  # network, hub or cache errors: one line, no traceback
-        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
-        raise CheckpointError(
-            f"pretrained: could not fetch {tag} from the Hugging Face hub ({type(e).__name__}"
-            f"{': ' + msg if msg else ''}); offline? pass a downloaded file as checkpoint=PATH"
-        ) from None
-    load_state_into(model, ref.state_dict(), source=f"timm weights {tag}")
+    path = _fetch_timm_weights(tag)
+    sd, _ = unwrap(read_state(path))
+    if model.config.num_classes != preset.config.num_classes:  # a new head: keep everything else
+        sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
+        report = load_state_into(model, sd, strict=False, source=f"timm weights {tag}")
+        stray = [k for k in report["missing"] if not k.startswith("head.")] + report["unexpected"]
+        if stray or report["shape_mismatch"]:
+            raise CheckpointError(f"timm weights {tag} do not fit the model: {', '.join((stray + report['shape_mismatch'])[:3])}")
+    else:
+        load_state_into(model, sd, source=f"timm weights {tag}")

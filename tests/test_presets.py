@@ -69,7 +69,8 @@ GMAC_ROWS = [(n, i) for n, i in ROWS if get_preset(n).rows[i].gmacs is not None]
 def test_fvcore_gmacs(name, i):
     cfg, row = _cfg(name, i)
     rep = measure_flops(model_for_counting(cfg), row.img_size, cross_check=False, config=cfg)
-    assert rep.gmacs == pytest.approx(row.gmacs, abs=row.gmacs_tol)
+    decimals = len(repr(row.gmacs).split(".")[1])  # the reference's printed precision (<= 0.005 G)
+    assert round(rep.gmacs, decimals) == row.gmacs
     assert rep.unsupported == {}
     # the element-wise count only adds (gating multiplies, GELU, means)
     assert rep.gmacs < rep.gmacs_elementwise < rep.gmacs * 1.02

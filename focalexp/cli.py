@@ -161,7 +161,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
         print(f"  {m:<26}{v:>16.4f}")
     if args.by == "module":
         print(f"\nper module (fvcore, depth {args.depth}):")
-        print(flops_table(spec.build(counting=True), size, depth=args.depth, in_chans=in_chans))
+        print(flops_table(model, size, depth=args.depth, in_chans=in_chans))
     elif args.by == "operator":
         print("\nper operator (GMACs; * = not counted in the papers' convention):")
         for op, v in rep.by_operator.items():

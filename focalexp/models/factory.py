@@ -71,10 +71,9 @@ def create_model(
                     "(e.g. create_model('focalnet_t_srf', checkpoint=...))"
                 )
             name_or_config = stored
-    if features_only and overrides.get("out_indices") is None:
-        cfg0 = resolve_config(name_or_config, **{k: v for k, v in overrides.items() if k != "out_indices"})
-        overrides["out_indices"] = tuple(range(cfg0.num_stages))
     cfg = resolve_config(name_or_config, **overrides)
+    if features_only and cfg.out_indices is None:
+        cfg = cfg.replace(out_indices=tuple(range(cfg.num_stages)))
     model = FocalNet(cfg)
     if pretrained:
         if not isinstance(name_or_config, str):

@@ -191,6 +191,8 @@ class FocalNet(nn.Module):
         ``norm=True`` applies the final LayerNorm to the last stage's map (as timm does).
         """
         want = set(range(len(self.stages)) if indices is None else indices)
+        if not want:
+            return []
         x = self.pos_drop(self.stem(self._prepare_input(x)))
         outs = []
         last = len(self.stages) - 1

@@ -12,6 +12,7 @@ Sources: the official README and configs, the paper (arXiv v3), timm's results C
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from ..errors import UnknownNameError, closest
@@ -110,7 +111,7 @@ _ROWS: dict[str, tuple[PaperRow, ...]] = {
     ),
 }
 for _name, _rows in _ROWS.items():
-    _PRESETS[_name] = Preset(**{**_PRESETS[_name].__dict__, "rows": _rows})
+    _PRESETS[_name] = dataclasses.replace(_PRESETS[_name], rows=_rows)
 
 for size, dim, params, off, gm, pp, pf in (
     ("t", 192, 5_880_280, 1.112, 1.114, 5.9, 1.1),

@@ -13,6 +13,10 @@ from typing import Any, Callable, Sequence
 from .errors import FocalexpError
 
 EXAMPLES = {
+    "train": "focalexp train --out runs/demo                      # cpu_small recipe: focalnet_micro on Pathfinder\n"
+    "  focalexp train --model focalnet_micro --set model.focal_levels=4 --set train.epochs=2 --out runs/l4\n"
+    "  focalexp train run.yaml --set data.root=/data/imagenet --out runs/t_srf\n"
+    "  IMAGENET_ROOT=/data/imagenet focalexp train --set recipe=imagenet_paper --model focalnet_t_srf --out runs/in1k",
     "models": "focalexp models\n  focalexp models --kind paper --json",
     "flops": "focalexp flops --model focalnet_t_srf\n  focalexp flops --model focalnet_t_lrf --set focal_levels=4 "
     "--by module --depth 2\n  focalexp flops --model focalnet_b_srf --img-size 384 --json",
@@ -176,6 +180,46 @@ def cmd_flops(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- train
+def cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .overrides import parse_set_args
+    from .train.config import load_run_config
+    from .train.loop import RunInterrupted, train
+
+    cfg = load_run_config(args.config, parse_set_args(args.set), model=args.model)
+    out = Path(args.out)
+    if args.resume is not None and not Path(args.resume).is_file():
+        raise FocalexpError(f"--resume: no such checkpoint '{args.resume}'")
+    if args.nproc < 1:
+        raise FocalexpError(f"--nproc: expected >= 1, got {args.nproc}")
+    try:
+        if args.nproc > 1:
+            from .train.launch import train_multiprocess
+            from .train.loop import check_out_dir
+
+            check_out_dir(cfg, out)
+            train_multiprocess(cfg.to_dict(), str(out), args.nproc)
+            result = json.loads((out / "result.json").read_text())
+        else:
+            result = train(cfg, out, resume=args.resume)
+    except RunInterrupted:
+        print(f"interrupted: {out / 'last.pth'} holds the state; run the same command again to continue",
+              file=sys.stderr)
+        return 130
+    line = {k: result.get(k) for k in ("status", "top1", "top5", "best_top1", "epochs_done", "train_seconds",
+                                       "images_per_s", "params", "gmacs")}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in line.items()))
+    if result.get("status") == "failed":
+        print(f"failed: {result.get('reason')}", file=sys.stderr)
+        return 1
+    return 0
+
+
 # ---------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="focalexp", description="Focal Modulation Network experiments and ablations.")
@@ -191,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("models", cmd_models, "List every preset with its parameters and GMACs beside the paper's numbers.")
-    p.add_argument("--kind", choices=["released", "paper"], help="only released (official weights) or paper-only variants")
+    p.add_argument("--kind", choices=["released", "paper", "toolkit"],
+                   help="only released (official weights), paper-only or toolkit (CPU-sized) presets")
     p.add_argument("--fast", action="store_true", help="skip fvcore (params and the analytic flops() only)")
     p.add_argument("--json", action="store_true", help="print a JSON list")
 
@@ -202,6 +247,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by", choices=["module", "operator"], help="add a per-module or per-operator breakdown")
     p.add_argument("--depth", type=int, default=2, help="module depth of the breakdown (default 2)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = add("train", cmd_train, "Train and evaluate one model (resumes automatically from DIR/last.pth).")
+    p.add_argument("config", nargs="?", help="run config YAML (sections: recipe, seed, model, data, train, eval)")
+    p.add_argument("--model", help="preset to train (replaces the config's model section)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a dotted key, e.g. train.epochs=2 or model.focal_levels=3 (repeatable)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", metavar="PATH", help="continue from this last.pth (default: DIR/last.pth if present)")
+    p.add_argument("--nproc", type=int, default=1, help="local processes (DDP: gloo on CPU, nccl on GPU)")
+    p.add_argument("--json", action="store_true", help="print result.json")
     return parser
 
 

@@ -163,6 +163,11 @@ class FocalNet(nn.Module):
         if num_classes > 0:
             self._init_weights(self.head)
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names timm's optimizer factory exempts from weight decay (besides every 1-D tensor:
+        norms, biases, LayerScale gammas): the relative position bias tables of window attention."""
+        return {n for n, _ in self.named_parameters() if n.endswith("relative_position_bias_table")}
+
     def no_weight_decay_keywords(self) -> set[str]:
         """Parameters that usually get no weight decay: LayerScale gammas and the position bias."""
         return {"gamma", "relative_position_bias_table"}

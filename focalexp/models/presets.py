@@ -41,7 +41,7 @@ class PaperRow:
 class Preset:
     name: str
     config: FocalNetConfig
-    kind: str  # "released" (official weights exist) or "paper" (paper-only variant)
+    kind: str  # "released" (official weights exist), "paper" (paper-only variant) or "toolkit"
     doc: str
     aliases: tuple[str, ...] = ()
     timm_name: str | None = None  # timm model whose published weights fit this preset
@@ -320,6 +320,20 @@ for suffix, knobs, pp, pf, doc in (
     )
 
 
+# ---------------------------------------------------------------------------- toolkit
+_add(
+    Preset(
+        name="focalnet_micro",
+        config=FocalNetConfig(depths=(1, 1, 2), embed_dim=32, patch_size=2, focal_levels=2, focal_windows=3,
+                              img_size=32, num_classes=2, drop_path_rate=0.0),
+        kind="toolkit",
+        doc="A CPU-sized FocalNet for 32 px inputs (the built-in Pathfinder task, CIFAR): 3 stages of 1-1-2 "
+        "blocks, dim 32, patch 2 (maps 16/8/4), SRF kernels [3,5]. Not from the paper: the default model of "
+        "the cpu_small recipe and the demo sweeps.",
+    )
+)
+
+
 # ---------------------------------------------------------------------------- lookup
 def canonical_name(name: str) -> str:
     """The preset name for ``name`` or one of its aliases; unknown names raise with the closest names."""
@@ -341,7 +355,7 @@ def list_presets(kind: str | None = None) -> list[Preset]:
 
 
 def list_models(kind: str | None = None) -> list[str]:
-    """Preset names (``kind``: ``released``, ``paper`` or None for all)."""
+    """Preset names (``kind``: ``released``, ``paper``, ``toolkit`` or None for all)."""
     return [p.name for p in list_presets(kind)]
 
 

@@ -1,0 +1,221 @@
+"""The run config: ``model`` (a preset + overrides), ``data``, ``train``, ``eval``; recipes; resolution.
+
+Resolution order: the recipe's defaults, then the YAML file, then ``--set`` overrides (dotted keys:
+``train.epochs=2``, ``model.embed_dim=16``). The result is validated as a whole (the model is built
+on the meta device, data paths are checked) before anything is written, and every error is one line
+naming the dotted key.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from ..configtools import build, content_hash, deep_merge, load_yaml, to_plain
+from ..configtools import opt as _f  # (a field below is named `opt`)
+from ..data.build import DataConfig, check_data, default_img_size, num_classes_of
+from ..errors import ConfigError, FocalexpError, did_you_mean
+from ..overrides import apply_overrides
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _f(4, "training epochs", min=1)
+    batch_size: int = _f(128, "global batch size (split over ranks)", min=1)
+    lr: float = _f(2e-3, "peak learning rate at batch lr_base_batch (scaled linearly with the batch)", min=0.0)
+    lr_base_batch: int = _f(128, "the batch size lr is stated for", min=1)
+    min_lr: float = _f(1e-5, "final learning rate of the cosine schedule", min=0.0)
+    warmup_lr: float = _f(1e-6, "learning rate at the start of warm-up", min=0.0)
+    warmup_epochs: float = _f(0.5, "linear warm-up length (fractions allowed)", min=0.0)
+    sched: str = _f("cosine", "timm scheduler", choices=("cosine", "step", "multistep", "poly", "tanh"))
+    decay_epochs: float = _f(30.0, "step schedule: epochs between decays", min=0.0)
+    decay_rate: float = _f(0.1, "step schedule: factor per decay", min=0.0)
+    opt: str = _f("adamw", "timm optimizer name")
+    opt_eps: float = _f(1e-8, "optimizer epsilon", min=0.0)
+    betas: list[float] = _f([0.9, 0.999], "Adam betas")
+    weight_decay: float = _f(0.05, "weight decay", min=0.0)
+    weight_decay_mode: str = _f(
+        "skip_norm_bias", "skip_norm_bias (no decay on norms, biases, gammas); all; official_none "
+        "(the official code's quirk: decay off for every parameter)", choices=("skip_norm_bias", "all", "official_none"))
+    clip_grad: Optional[float] = _f(None, "clip the gradient norm to this value", min=0.0)
+    mixup: float = _f(0.0, "mixup alpha (0 = off)", min=0.0)
+    cutmix: float = _f(0.0, "cutmix alpha (0 = off)", min=0.0)
+    mixup_prob: float = _f(1.0, "probability of applying mixup/cutmix to a batch", min=0.0, max=1.0)
+    mixup_switch_prob: float = _f(0.5, "probability of cutmix instead of mixup when both are on", min=0.0, max=1.0)
+    smoothing: float = _f(0.0, "label smoothing", min=0.0, max=1.0)
+    ema: bool = _f(False, "keep an exponential moving average of the weights (evaluated beside them)")
+    ema_decay: float = _f(0.9998, "EMA decay per step", min=0.0, max=1.0)
+    amp: str = _f("none", "autocast precision", choices=("none", "bf16", "fp16"))
+    channels_last: bool = _f(True, "feed inputs channels-last (the model is channels-last inside)")
+    compile: bool = _f(False, "torch.compile the model")
+    grad_checkpointing: bool = _f(False, "activation checkpointing per block")
+    device: str = _f("auto", "auto (cuda if available), cpu or cuda", choices=("auto", "cpu", "cuda"))
+    threads: Optional[int] = _f(None, "torch CPU threads (default: torch's choice)", min=1)
+    checkpoint_every_steps: Optional[int] = _f(None, "also save last.pth every N steps (and always per epoch)", min=1)
+    stop_after_epochs: Optional[int] = _f(
+        None, "end this process after N epochs (a later run resumes): for staged or tested preemption", min=1)
+
+
+@dataclass
+class EvalConfig:
+    batch_size: Optional[int] = _f(None, "evaluation batch (default: the training batch)", min=1)
+    every_epochs: int = _f(1, "evaluate every N epochs (and after the last)", min=1)
+
+
+RECIPES: dict[str, dict[str, Any]] = {
+    # small CPU runs on the built-in dataset: a few minutes on 2 cores
+    "cpu_small": {
+        "model": {"preset": "focalnet_micro"},
+        "data": {"dataset": "pathfinder"},
+        "train": {"epochs": 4, "batch_size": 128, "lr": 2e-3, "lr_base_batch": 128, "warmup_epochs": 0.5,
+                  "weight_decay": 0.05, "threads": None},
+    },
+    # the paper's ImageNet-1K recipe (App. A.2, Table 18); drop path comes with each preset
+    "imagenet_paper": {
+        "model": {"preset": "focalnet_t_srf"},
+        "data": {"dataset": "imagefolder", "root": "${IMAGENET_ROOT}", "img_size": 224, "workers": 8,
+                 "auto_augment": "rand-m9-mstd0.5-inc1", "color_jitter": 0.4, "reprob": 0.25, "remode": "pixel",
+                 "interpolation": "bicubic", "crop_pct": 0.875},
+        "train": {"epochs": 300, "batch_size": 1024, "lr": 5e-4, "lr_base_batch": 512, "min_lr": 1e-5,
+                  "warmup_lr": 1e-6, "warmup_epochs": 20, "weight_decay": 0.05, "clip_grad": 5.0,
+                  "mixup": 0.8, "cutmix": 0.8, "mixup_prob": 1.0, "mixup_switch_prob": 0.5, "smoothing": 0.1,
+                  "amp": "bf16"},
+        "eval": {"batch_size": 256},
+    },
+}
+
+
+@dataclass
+class RunConfig:
+    recipe: str = _f("cpu_small", "defaults to start from", choices=tuple(RECIPES))
+    seed: int = _f(0, "seed of everything random in the run", min=0)
+    model: dict = field(default_factory=dict, metadata={"help": "preset: NAME plus any FocalNetConfig knob"})
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+    def experiment_dict(self) -> dict[str, Any]:
+        """The config without operational knobs (threads, workers, checkpoint cadence, staged stops),
+        which change how a run is executed but not what it computes."""
+        d = self.to_dict()
+        for section, key in OPERATIONAL_KEYS:
+            d[section].pop(key, None)
+        return d
+
+    @property
+    def run_id(self) -> str:
+        """Content hash of the experiment: equal experiments, equal ids (resume and sweeps rely on it)."""
+        return content_hash(self.experiment_dict())
+
+    def model_config(self):
+        from ..models.factory import resolve_config
+
+        return resolve_config(self.model)
+
+
+SECTIONS = ("recipe", "seed", "model", "data", "train", "eval")
+OPERATIONAL_KEYS = (("train", "threads"), ("data", "workers"), ("train", "checkpoint_every_steps"),
+                    ("train", "stop_after_epochs"))
+
+
+def _recipe_name(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> str:
+    name = overrides.get("recipe", raw.get("recipe", "cpu_small"))
+    if name not in RECIPES:
+        raise ConfigError(f"recipe: unknown recipe {name!r}{did_you_mean(str(name), RECIPES)}; "
+                          f"allowed: {', '.join(RECIPES)}")
+    return name
+
+
+def resolve_run_config(
+    raw: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    model: str | None = None,
+) -> RunConfig:
+    """A validated :class:`RunConfig` from a parsed YAML mapping, dotted overrides and a model name.
+
+    ``model`` (``--model NAME``) replaces the preset and clears the recipe's model overrides.
+    """
+    raw = dict(raw or {})
+    overrides = dict(overrides or {})
+    for k in raw:
+        if k not in SECTIONS:
+            raise ConfigError(f"unknown key '{k}'{did_you_mean(str(k), SECTIONS)}")
+    for k in overrides:
+        if k.split(".")[0] not in SECTIONS:
+            raise ConfigError(f"unknown key '{k}'{did_you_mean(k.split('.')[0], SECTIONS)}")
+    recipe = _recipe_name(raw, overrides)
+    merged = deep_merge(copy.deepcopy(RECIPES[recipe]), raw)
+    merged["recipe"] = recipe
+    if model is not None:
+        merged["model"] = {"preset": model}
+    merged = apply_overrides(merged, overrides)
+    if not isinstance(merged.get("model", {}), Mapping):
+        raise ConfigError(f"model: expected a mapping (preset: NAME plus knobs), got {merged['model']!r}")
+    cfg: RunConfig = build(RunConfig, merged)
+    _complete_model(cfg)
+    validate(cfg)
+    return cfg
+
+
+def _complete_model(cfg: RunConfig) -> None:
+    """Fill the model's num_classes / img_size from the data unless the config sets them."""
+    if "preset" not in cfg.model:
+        raise ConfigError("model.preset: name a preset (see `focalexp models`), e.g. model: {preset: focalnet_t_srf}")
+    m = cfg.model
+    img = default_img_size(cfg.data)
+    if cfg.data.img_size is None:
+        cfg.data.img_size = img
+    m.setdefault("img_size", img)
+    if m["img_size"] != img:
+        raise ConfigError(f"model.img_size: {m['img_size']} differs from data.img_size {img}; set one of them")
+    ncls = num_classes_of(cfg.data)
+    m.setdefault("num_classes", ncls)
+    if m["num_classes"] != ncls:
+        raise ConfigError(f"model.num_classes: {m['num_classes']} but the dataset has {ncls} classes")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Everything that can be checked before a run starts; errors name the dotted key."""
+    import torch
+
+    from ..models.focalnet import FocalNet
+
+    try:
+        mcfg = cfg.model_config()
+    except FocalexpError as e:
+        msg = str(e)
+        if msg.startswith("unknown model key '"):
+            msg = "unknown key 'model." + msg[len("unknown model key '"):]
+        elif not msg.startswith(("model.", "unknown model", "unknown key")):
+            msg = f"model.{msg}"
+        raise type(e)(msg) from None
+    with torch.device("meta"):
+        FocalNet(mcfg)
+    check_data(cfg.data)
+    t = cfg.train
+    if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
+        raise ConfigError(f"train.betas: expected two values in [0, 1), got {t.betas}")
+    if t.warmup_epochs >= t.epochs and t.epochs > 1:
+        raise ConfigError(f"train.warmup_epochs: {t.warmup_epochs} is not shorter than train.epochs {t.epochs}")
+    from timm.optim import list_optimizers
+
+    if t.opt.lower() not in list_optimizers():
+        raise ConfigError(f"train.opt: unknown optimizer '{t.opt}'{did_you_mean(t.opt, list_optimizers())}")
+    if (t.mixup or t.cutmix) and cfg.data.dataset == "pathfinder":
+        raise ConfigError("train.mixup: mixing pathfinder images destroys their labels (connected or not); keep 0")
+    if t.amp == "fp16" and t.device == "cpu":
+        raise ConfigError("train.amp: fp16 autocast needs a GPU; use bf16 on CPU")
+
+
+def load_run_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None,
+                    model: str | None = None) -> RunConfig:
+    """Read a run config YAML (or none: the recipe's defaults) and resolve it."""
+    raw = load_yaml(path) if path is not None else {}
+    if raw is not None and not isinstance(raw, Mapping):
+        raise ConfigError(f"{path}: expected a mapping with sections {', '.join(SECTIONS)}")
+    return resolve_run_config(raw or {}, overrides, model)

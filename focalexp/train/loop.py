@@ -1,0 +1,515 @@
+"""One training run: the paper's recipe from timm's parts, exact resume, preemption, DDP.
+
+Run directory (rank 0 writes, every file atomically):
+
+``config.yaml``    the resolved run config
+``metrics.jsonl``  one line per epoch: train_loss, eval_loss, top1, top5, lr, images_per_s, epoch_seconds
+``last.pth``       everything needed to continue exactly (weights, optimizer, scheduler, scaler, EMA, RNG
+                   states, position in the epoch, metrics so far); written every epoch, every
+                   ``checkpoint_every_steps`` and when the process is told to stop
+``best.pth``       the best weights so far (focalexp format: ``create_model(checkpoint=...)`` rebuilds it)
+``result.json``    top1, top5, params, gmacs, train_seconds, images_per_s, peak_memory_mb, status, reason
+
+Resuming from ``last.pth`` continues bit-identically on CPU: the batches of epoch ``e`` are a permutation
+seeded by ``(seed, e)``, augmentation is seeded per item, and all RNG streams of the process are restored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+import traceback
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+import yaml
+
+from ..errors import ConfigError, FocalexpError
+from ..models.checkpoint import atomic_save, read_state, save_model
+from .config import RunConfig
+from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_flag, setup_distributed, teardown
+
+RUN_FORMAT = "focalexp-run"
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class RunInterrupted(Exception):
+    """The process was told to stop; ``last.pth`` holds the state to continue from."""
+
+
+# ---------------------------------------------------------------------------- small helpers
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    p = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep large freed buffers in the process (glibc): avoids page-faulting every activation back in
+    on each step, about 20% faster CPU training. Opt out with FOCALEXP_NO_MALLOPT=1."""
+    if os.environ.get("FOCALEXP_NO_MALLOPT") or not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, 1 << 30) and libc.mallopt(-1, 1 << 30))  # M_MMAP_/M_TRIM_THRESHOLD
+    except OSError:  # not glibc
+        return False
+
+
+def _rng_state() -> dict:
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["internal"].tolist()), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """This rank's batches of epoch ``epoch``: a permutation seeded by ``(seed, epoch)`` cut into global
+    batches, of which the rank takes a contiguous slice; batches before ``start`` are skipped."""
+
+    def __init__(self, n: int, global_batch: int, info: DistInfo, seed: int, epoch: int, start: int = 0,
+                 shuffle: bool = True, drop_last: bool = True):
+        self.n, self.B, self.info, self.seed, self.epoch = n, global_batch, info, seed, epoch
+        self.start, self.shuffle, self.drop_last = start, shuffle, drop_last
+
+    def num_batches(self) -> int:
+        return self.n // self.B if self.drop_last else math.ceil(self.n / self.B)
+
+    def __len__(self) -> int:
+        return max(0, self.num_batches() - self.start)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        w, r = self.info.world_size, self.info.rank
+        for b in range(self.start, self.num_batches()):
+            chunk = order[b * self.B:(b + 1) * self.B]
+            per = math.ceil(len(chunk) / w)
+            mine = chunk[r * per:(r + 1) * per]
+            if mine:
+                yield mine
+
+
+class _StopSignals:
+    """Turn stop signals (SIGTERM, SIGINT, and submitit's preemption signal) into a flag checked at step
+    boundaries; remembers the previous handlers so submitit can requeue after the state is saved."""
+
+    def __init__(self) -> None:
+        sig_name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+        self.preempt = getattr(signal, f"SIG{sig_name}", signal.SIGUSR2)
+        self.signals = [self.preempt, signal.SIGTERM, signal.SIGINT]
+        self.caught: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopSignals":
+        for s in self.signals:
+            try:
+                self.previous[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.caught = signum
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+
+    def hand_over(self) -> None:
+        """Call the handler that was there before ours (submitit's checkpoint + requeue), if any."""
+        prev = self.previous.get(self.caught) if self.caught is not None else None
+        if callable(prev) and self.caught == self.preempt:
+            prev(self.caught, None)
+
+
+# ---------------------------------------------------------------------------- the trainer
+class Trainer:
+    def __init__(self, cfg: RunConfig, out: str | os.PathLike, *, resume: str | os.PathLike | None = None,
+                 progress: bool | None = None):
+        self.cfg = cfg
+        self.out = Path(out)
+        self.resume_path = Path(resume) if resume is not None else None
+        self.progress = progress
+
+    # -- setup
+    def _device(self) -> torch.device:
+        want = self.cfg.train.device
+        if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+            if not torch.cuda.is_available():
+                raise ConfigError("train.device: cuda requested but no GPU is available")
+            return torch.device("cuda")
+        return torch.device("cpu")
+
+    def _build(self) -> None:
+        from timm.data import Mixup
+        from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+        from timm.optim import create_optimizer_v2
+        from timm.scheduler import create_scheduler_v2
+        from timm.utils import ModelEmaV3
+
+        from ..data.build import build_data
+        from ..models.factory import create_model
+
+        cfg, t = self.cfg, self.cfg.train
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        self.data = build_data(cfg.data, cfg.seed)
+        self.model = create_model(cfg.model).to(self.device)
+        if t.channels_last:  # conv weights in the layout their gradients arrive in (no DDP bucket copies)
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if t.grad_checkpointing:
+            self.model.set_grad_checkpointing(True)
+        self.lr = t.lr * t.batch_size / t.lr_base_batch
+        wd = 0.0 if t.weight_decay_mode == "official_none" else t.weight_decay
+        extra = {"eps": t.opt_eps, "betas": tuple(t.betas)} if "adam" in t.opt.lower() or t.opt.lower() == "lamb" else {}
+        self.optimizer = create_optimizer_v2(self.model, opt=t.opt, lr=self.lr, weight_decay=wd,
+                                             filter_bias_and_bn=t.weight_decay_mode == "skip_norm_bias", **extra)
+        self.steps_per_epoch = len(self.data.train) // t.batch_size  # type: ignore[arg-type]
+        if self.steps_per_epoch < 1:
+            raise ConfigError(f"train.batch_size: {t.batch_size} is larger than the training set "
+                              f"({len(self.data.train)} images)")  # type: ignore[arg-type]
+        self.scheduler, _ = create_scheduler_v2(
+            self.optimizer, sched=t.sched, num_epochs=t.epochs, warmup_epochs=t.warmup_epochs,
+            warmup_lr=t.warmup_lr, min_lr=t.min_lr, decay_epochs=t.decay_epochs, decay_rate=t.decay_rate,
+            step_on_epochs=False, updates_per_epoch=self.steps_per_epoch,
+        )
+        self.mixup = None
+        if t.mixup > 0 or t.cutmix > 0:
+            self.mixup = Mixup(mixup_alpha=t.mixup, cutmix_alpha=t.cutmix, prob=t.mixup_prob,
+                               switch_prob=t.mixup_switch_prob, label_smoothing=t.smoothing,
+                               num_classes=self.data.num_classes)
+            self.criterion: nn.Module = SoftTargetCrossEntropy()
+        elif t.smoothing > 0:
+            self.criterion = LabelSmoothingCrossEntropy(t.smoothing)
+        else:
+            self.criterion = nn.CrossEntropyLoss()
+        self.ema = ModelEmaV3(self.model, decay=t.ema_decay) if t.ema else None
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.amp)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
+        self.net: nn.Module = self.model
+        if self.dist.world_size > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if t.compile:
+            self.net = torch.compile(self.net)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    # -- state
+    def _state(self, epoch: int, step: int) -> dict:
+        return {
+            "format": RUN_FORMAT, "version": 1, "config": self.cfg.to_dict(), "run_id": self.cfg.run_id,
+            "experiment": self.cfg.experiment_dict(),
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "epoch": epoch, "step": step, "global_step": self.global_step, "best_top1": self.best_top1,
+            "metrics": self.metrics, "running": dict(self.running), "train_seconds": self.train_seconds,
+            "train_samples": self.train_samples, "rng": _rng_state(),
+        }
+
+    def _save_last(self, epoch: int, step: int) -> None:
+        if self.dist.is_main:
+            atomic_save(self._state(epoch, step), self.out / "last.pth")
+        barrier(self.dist)
+
+    def _load(self, path: Path) -> tuple[int, int]:
+        st = read_state(path)
+        if st.get("format") != RUN_FORMAT:
+            raise ConfigError(f"--resume: '{path}' is not a focalexp run checkpoint (last.pth)")
+        if st["run_id"] != self.cfg.run_id:
+            diff = _first_difference(st["experiment"], self.cfg.experiment_dict())
+            raise ConfigError(f"--resume: '{path}' belongs to a different config ({diff})")
+        self.model.load_state_dict(st["model"])
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        self.scaler.load_state_dict(st["scaler"])
+        if self.ema is not None and st["ema"] is not None:
+            self.ema.load_state_dict(st["ema"])
+        self.global_step, self.best_top1 = st["global_step"], st["best_top1"]
+        self.metrics, self.running = list(st["metrics"]), dict(st["running"])
+        self.train_seconds, self.train_samples = st["train_seconds"], st["train_samples"]
+        _set_rng_state(st["rng"])
+        return st["epoch"], st["step"]
+
+    # -- evaluation
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        model.eval()
+        bs = self.cfg.eval.batch_size or self.cfg.train.batch_size
+        sampler = EpochBatches(len(self.data.val), bs, self.dist, 0, 0, shuffle=False, drop_last=False)
+        loader = torch.utils.data.DataLoader(self.data.val, batch_sampler=sampler, num_workers=self.cfg.data.workers)
+        k = min(5, self.data.num_classes)
+        sums = torch.zeros(4, dtype=torch.float64)
+        for x, y in loader:
+            x, y = self._to_device(x), y.to(self.device)
+            with self._autocast():
+                logits = model(x)
+            loss = nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+            top = logits.topk(k, dim=1).indices
+            sums += torch.tensor([loss.item(), (top[:, 0] == y).sum().item(),
+                                  (top == y[:, None]).any(1).sum().item(), len(y)], dtype=torch.float64)
+        sums = all_reduce_sum(sums.to(self.device), self.dist).cpu()
+        n = max(sums[3].item(), 1.0)
+        return {"eval_loss": sums[0].item() / n, "top1": 100 * sums[1].item() / n, "top5": 100 * sums[2].item() / n}
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.train.channels_last else x
+
+    # -- the run
+    def run(self) -> dict:
+        """Train (resuming when ``last.pth`` exists), evaluate, write the run dir; returns result.json."""
+        self.device = self._device()
+        if self.device.type == "cpu":
+            tune_cpu_allocator()
+            if self.cfg.train.threads:
+                torch.set_num_threads(self.cfg.train.threads)
+        self.dist = setup_distributed(self.device.type)
+        try:
+            return self._run()
+        finally:
+            teardown(self.dist)
+
+    def _run(self) -> dict:
+        main = self.dist.is_main
+        self._build()  # everything that can fail on bad input happens before the run dir exists
+        if main and self.progress is not False:
+            c = self.cfg
+            print(f"run {c.run_id}: {c.model.get('preset')} on {c.data.dataset} ({len(self.data.train)} images), "
+                  f"recipe {c.recipe}, {c.train.epochs} epochs, {self.device}, {self.dist.world_size} process(es) "
+                  f"-> {self.out}", file=sys.stderr)
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        self.global_step, self.best_top1 = 0, -1.0
+        self.metrics: list[dict] = []
+        self.running: dict[str, float] = {"loss_sum": 0.0, "count": 0, "seconds": 0.0, "samples": 0}
+        self.train_seconds, self.train_samples = 0.0, 0
+        epoch, start = 0, 0
+        resume = self.resume_path or (self.out / "last.pth" if (self.out / "last.pth").exists() else None)
+        if resume is not None:
+            epoch, start = self._load(resume)
+        result_base = self._result_base()
+        if main and epoch == 0 and start == 0:
+            write_json(self.out / "result.json", {**result_base, "status": "running"})
+        t = self.cfg.train
+        stop_at = t.epochs if t.stop_after_epochs is None else min(t.epochs, epoch + t.stop_after_epochs)
+        try:
+            with _StopSignals() as stops:
+                while epoch < stop_at:
+                    self._train_epoch(epoch, start, stops)
+                    start = 0
+                    epoch += 1
+                    self._end_epoch(epoch)
+        except RunInterrupted:
+            result = {**self._result_base(), **self._summary(), "status": "interrupted",
+                      "reason": f"stopped by signal {signal.Signals(stops.caught).name} at epoch {self._stop_epoch}; "
+                                "last.pth continues the run"}
+            if main:
+                write_json(self.out / "result.json", result)
+            stops.hand_over()  # submitit: checkpoint() + requeue, then exit
+            raise
+        except NonFiniteLoss as e:
+            result = {**self._result_base(), **self._summary(), "status": "failed", "reason": str(e)}
+            if main:
+                write_json(self.out / "result.json", result)
+            return result
+        done = epoch >= t.epochs
+        result = {**self._result_base(), **self._summary(), "status": "done" if done else "stopped",
+                  "reason": "" if done else f"stop_after_epochs: paused after epoch {epoch}; run again to continue"}
+        if main:
+            write_json(self.out / "result.json", result)
+        return result
+
+    def _train_epoch(self, epoch: int, start: int, stops: _StopSignals) -> None:
+        t = self.cfg.train
+        if hasattr(self.data.train, "set_epoch"):
+            self.data.train.set_epoch(epoch)
+        sampler = EpochBatches(len(self.data.train), t.batch_size, self.dist, self.cfg.seed, epoch, start)
+        loader = torch.utils.data.DataLoader(self.data.train, batch_sampler=sampler, num_workers=self.cfg.data.workers,
+                                             pin_memory=self.device.type == "cuda")
+        self.net.train()
+        show = self.dist.is_main and (self.progress if self.progress is not None else sys.stderr.isatty())
+        from tqdm import tqdm
+
+        bar = tqdm(total=self.steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not show,
+                   leave=False, dynamic_ncols=True)
+        step = start
+        t0 = time.perf_counter()
+        for x, y in loader:
+            x, y = self._to_device(x), y.to(self.device)
+            if self.mixup is not None:
+                x, y = self.mixup(x, y)
+            with self._autocast():
+                loss = self.criterion(self.net(x), y)
+            # one small collective per step: the global loss for the log, and a non-finite flag that
+            # stops every rank at the same step
+            stats = torch.tensor([loss.item() * len(y), len(y), 0.0 if math.isfinite(loss.item()) else 1.0],
+                                 dtype=torch.float64, device=self.device)
+            stats = all_reduce_sum(stats, self.dist).cpu()
+            if stats[2] > 0:
+                raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; "
+                                    "last.pth and best.pth hold the last good state")
+            self.scaler.scale(loss).backward()
+            if t.clip_grad:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.update(self.model, step=self.global_step)
+            self.global_step += 1
+            step += 1
+            self.scheduler.step_update(num_updates=self.global_step)
+            n = int(stats[1])
+            self.running["loss_sum"] += float(stats[0])
+            self.running["count"] += n
+            now = time.perf_counter()
+            self.running["seconds"] += now - t0
+            self.running["samples"] += n
+            t0 = now
+            bar.update(1)
+            bar.set_postfix(loss=f"{self.running['loss_sum'] / self.running['count']:.3f}")
+            if broadcast_flag(stops.caught is not None, self.dist):
+                self._stop_epoch = epoch + 1
+                self._save_last(epoch, step)
+                raise RunInterrupted()
+            if t.checkpoint_every_steps and self.global_step % t.checkpoint_every_steps == 0 and step < self.steps_per_epoch:
+                self._save_last(epoch, step)
+        bar.close()
+
+    def _end_epoch(self, epoch: int) -> None:
+        """After ``epoch`` epochs: schedule, evaluate, log, checkpoint."""
+        t = self.cfg.train
+        self.scheduler.step(epoch)
+        r = self.running
+        row: dict[str, Any] = {
+            "epoch": epoch, "step": self.global_step,
+            "train_loss": r["loss_sum"] / max(r["count"], 1),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "images_per_s": r["samples"] / max(r["seconds"], 1e-9),
+            "epoch_seconds": r["seconds"],
+        }
+        self.train_seconds += r["seconds"]
+        self.train_samples += r["samples"]
+        if epoch % self.cfg.eval.every_epochs == 0 or epoch == t.epochs:
+            row.update(self.evaluate(self.model))
+            if self.ema is not None:
+                row.update({f"ema_{k}": v for k, v in self.evaluate(self.ema.module).items()})
+        self.metrics.append(row)
+        self.running = {"loss_sum": 0.0, "count": 0, "seconds": 0.0, "samples": 0}
+        if self.dist.is_main:
+            atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in self.metrics))
+            if "top1" in row and row["top1"] > self.best_top1:
+                self.best_top1 = row["top1"]
+                save_model(self.model, self.out / "best.pth", extra={"epoch": epoch, "top1": row["top1"]})
+        if "top1" in row:
+            self.best_top1 = max(self.best_top1, row["top1"])
+        self._save_last(epoch, 0)
+
+    # -- result
+    def _result_base(self) -> dict:
+        if not hasattr(self, "_base"):
+            from ..analysis.flops import count_params, measure_flops, model_for_counting
+
+            mcfg = self.model.config
+            gmacs = None
+            if self.dist.is_main:
+                gmacs = measure_flops(model_for_counting(mcfg), mcfg.img_size, cross_check=False).gmacs
+            self._base = {"run_id": self.cfg.run_id, "params": count_params(self.model), "gmacs": gmacs,
+                          "model": self.cfg.model.get("preset"), "img_size": mcfg.img_size}
+        return dict(self._base)
+
+    def _summary(self) -> dict:
+        last = next((m for m in reversed(self.metrics) if "top1" in m), {})
+        if self.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            import resource
+
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return {
+            "top1": last.get("top1"), "top5": last.get("top5"), "eval_loss": last.get("eval_loss"),
+            "best_top1": self.best_top1 if self.best_top1 >= 0 else None,
+            "epochs_done": len(self.metrics), "train_seconds": self.train_seconds,
+            "images_per_s": self.train_samples / self.train_seconds if self.train_seconds else None,
+            "peak_memory_mb": peak, "device": str(self.device), "world_size": self.dist.world_size,
+            "ema_top1": last.get("ema_top1"),
+        }
+
+
+def _first_difference(a: Any, b: Any, key: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k):
+                return _first_difference(a.get(k), b.get(k), f"{key}.{k}" if key else k)
+    return f"{key}: {a!r} vs {b!r}"
+
+
+def train(cfg: RunConfig, out: str | os.PathLike, *, resume: str | os.PathLike | None = None,
+          progress: bool | None = None) -> dict:
+    """Run one training + evaluation; returns the result dict (also in ``out/result.json``)."""
+    check_out_dir(cfg, Path(out))
+    return Trainer(cfg, out, resume=resume, progress=progress).run()
+
+
+def check_out_dir(cfg: RunConfig, out: Path) -> None:
+    """A run dir may only be reused by the same experiment (operational knobs may differ)."""
+    from .config import resolve_run_config
+
+    saved = out / "config.yaml"
+    if saved.exists():
+        old = resolve_run_config(yaml.safe_load(saved.read_text())).experiment_dict()
+        if old != cfg.experiment_dict():
+            raise ConfigError(f"--out: '{out}' holds a run with a different config "
+                              f"({_first_difference(old, cfg.experiment_dict())}); choose another --out")

@@ -1,0 +1,326 @@
+"""One training run: run dir, recipe parts, exact resume, preemption, DDP, failures, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from focalexp import create_model
+from focalexp.cli import main
+from focalexp.errors import ConfigError
+from focalexp.train import read_metrics, resolve_run_config, train
+from focalexp.train.loop import RUN_FORMAT
+
+from .conftest import tiny_run
+
+TIMING = {"images_per_s", "epoch_seconds"}
+
+
+def _same_metrics(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b) and a
+    for x, y in zip(a, b):
+        assert {k: v for k, v in x.items() if k not in TIMING} == {k: v for k, v in y.items() if k not in TIMING}
+
+
+def _same_state(a: Path, b: Path) -> None:
+    sa = torch.load(a / "last.pth", weights_only=True)
+    sb = torch.load(b / "last.pth", weights_only=True)
+    for part in ("model", "ema"):
+        if sa[part] is None:
+            assert sb[part] is None
+            continue
+        assert sa[part].keys() == sb[part].keys()
+        for k in sa[part]:
+            assert torch.equal(sa[part][k], sb[part][k]), f"{part}.{k}"
+    oa, ob = sa["optimizer"]["state"], sb["optimizer"]["state"]
+    for k in oa:
+        for name, v in oa[k].items():
+            if isinstance(v, torch.Tensor):
+                assert torch.equal(v, ob[k][name]), f"optimizer {k}.{name}"
+    assert sa["scheduler"] == sb["scheduler"] and sa["global_step"] == sb["global_step"]
+
+
+def test_run_dir_holds_config_metrics_checkpoints_and_result(tmp_path):
+    cfg = resolve_run_config(tiny_run())
+    result = train(cfg, tmp_path / "run")
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} >= {"config.yaml", "metrics.jsonl", "last.pth", "best.pth", "result.json"}
+    assert yaml.safe_load((run / "config.yaml").read_text()) == cfg.to_dict()
+    rows = read_metrics(run)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert set(rows[0]) >= {"train_loss", "eval_loss", "top1", "top5", "lr", "images_per_s", "epoch_seconds"}
+    on_disk = json.loads((run / "result.json").read_text())
+    assert on_disk == json.loads(json.dumps(result))
+    assert result["status"] == "done" and result["epochs_done"] == 2
+    for k in ("top1", "top5", "params", "gmacs", "train_seconds", "images_per_s", "peak_memory_mb"):
+        assert result[k] is not None and result[k] >= 0, k
+    assert result["params"] == sum(p.numel() for p in create_model(cfg.model).parameters())
+    best = create_model(checkpoint=run / "best.pth")  # focalexp format: rebuilds its own architecture
+    assert best.config == cfg.model_config()
+    assert not list(run.glob(".*tmp"))
+
+
+def test_exact_resume_with_the_full_recipe(tmp_path, image_folder):
+    """Stopped after each epoch and resumed = uninterrupted, bit for bit: mixup/cutmix, label smoothing,
+    RandAugment, random erasing, drop path, EMA, gradient clipping, warm-up + cosine."""
+    raw = tiny_run(
+        model={"drop_path_rate": 0.1, "num_classes": 2},
+        data={"dataset": "imagefolder", "root": str(image_folder), "img_size": 32, "auto_augment": "rand-m9-mstd0.5-inc1",
+              "color_jitter": 0.4, "reprob": 0.25, "train_size": None, "val_size": None},
+        train={"epochs": 3, "batch_size": 8, "mixup": 0.8, "cutmix": 1.0, "smoothing": 0.1, "ema": True,
+               "ema_decay": 0.9, "clip_grad": 5.0, "warmup_epochs": 1},
+    )
+    full = train(resolve_run_config(raw), tmp_path / "full")
+    staged = resolve_run_config({**raw, "train": {**raw["train"], "stop_after_epochs": 1}})
+    assert staged.run_id == resolve_run_config(raw).run_id  # operational knobs are not part of the id
+    results = [train(staged, tmp_path / "staged") for _ in range(3)]
+    assert [r["status"] for r in results] == ["stopped", "stopped", "done"]
+    _same_metrics(read_metrics(tmp_path / "full"), read_metrics(tmp_path / "staged"))
+    _same_state(tmp_path / "full", tmp_path / "staged")
+    assert results[-1]["top1"] == full["top1"] and results[-1]["ema_top1"] == full["ema_top1"]
+
+
+def _run_cli(*args: str, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "focalexp", "train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen)
+
+
+def _set_args(raw: dict) -> list[str]:
+    out = []
+    for section in ("model", "data", "train"):
+        for k, v in raw[section].items():
+            out += ["--set", f"{section}.{k}={json.dumps(v)}"]
+    return out
+
+
+def test_sigterm_mid_epoch_then_resume_is_exact(tmp_path):
+    raw = tiny_run(data={"train_size": 1024}, train={"epochs": 2, "checkpoint_every_steps": 4})
+    ref = train(resolve_run_config(raw), tmp_path / "ref")
+    out = tmp_path / "cut"
+    p = _run_cli("--out", str(out), *_set_args(raw))
+    deadline = time.time() + 120
+    while not (out / "last.pth").exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "run the same command again to continue" in err
+    st = torch.load(out / "last.pth", weights_only=True)
+    assert st["format"] == RUN_FORMAT and (st["epoch"], st["step"]) != (2, 0)  # stopped before the end
+    assert json.loads((out / "result.json").read_text())["status"] == "interrupted"
+    p = _run_cli("--out", str(out), *_set_args(raw))
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    _same_metrics(read_metrics(tmp_path / "ref"), read_metrics(out))
+    _same_state(tmp_path / "ref", out)
+    assert json.loads((out / "result.json").read_text())["top1"] == ref["top1"]
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_submitit_preemption_requeues_and_resumes(tmp_path):
+    """A real submitit job (local executor): USR2 -> last.pth saved -> requeued -> continues -> same result."""
+    import submitit
+
+    from focalexp.train.task import TrainTask
+
+    raw = tiny_run(data={"train_size": 2048}, train={"epochs": 2, "checkpoint_every_steps": 4})
+    cfg = resolve_run_config(raw)
+    ref = train(cfg, tmp_path / "ref")
+    ex = submitit.AutoExecutor(folder=tmp_path / "logs", cluster="local")
+    ex.update_parameters(timeout_min=10)
+    out = tmp_path / "job"
+    job = ex.submit(TrainTask(), cfg.to_dict(), str(out))
+    deadline = time.time() + 120
+    while not (out / "last.pth").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    # SLURM delivers the preemption signal to the task; submitit's local executor has a controller
+    # process in between (its _interrupt() signals the controller, which does not forward USR2)
+    tasks = _children(job._process.pid)
+    assert tasks
+    for pid in tasks:
+        os.kill(pid, signal.SIGUSR2)
+    result = job.result()
+    assert result["status"] == "done"
+    log = job.stdout() + (job.stderr() or "")
+    assert "Requeued job" in log, log
+    _same_metrics(read_metrics(tmp_path / "ref"), read_metrics(out))
+    _same_state(tmp_path / "ref", out)
+
+
+def test_two_processes_match_one_at_the_same_global_batch(tmp_path):
+    from focalexp.train.launch import train_multiprocess
+
+    raw = tiny_run(data={"train_size": 512}, train={"epochs": 2, "batch_size": 32, "threads": 1})
+    cfg = resolve_run_config(raw)
+    train(cfg, tmp_path / "one")
+    train_multiprocess(cfg.to_dict(), str(tmp_path / "two"), nproc=2, progress=False)
+    one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    for a, b in zip(one, two):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+        assert b["eval_loss"] == pytest.approx(a["eval_loss"], rel=1e-4)
+        assert b["top1"] == pytest.approx(a["top1"], abs=1e-9) or abs(b["top1"] - a["top1"]) <= 100 / 64
+    wa = torch.load(tmp_path / "one" / "last.pth", weights_only=True)["model"]
+    wb = torch.load(tmp_path / "two" / "last.pth", weights_only=True)["model"]
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], atol=1e-4, rtol=1e-3)
+    assert json.loads((tmp_path / "two" / "result.json").read_text())["world_size"] == 2
+
+
+def test_non_finite_loss_fails_and_keeps_earlier_checkpoints(tmp_path, capsys):
+    # a step schedule that multiplies the lr by 1e12 after the first epoch blows the weights up
+    raw = tiny_run(train={"epochs": 3, "sched": "step", "decay_epochs": 1, "decay_rate": 1e12, "warmup_epochs": 0,
+                          "lr": 1e-2})
+    out = tmp_path / "nan"
+    rc = main(["train", "--out", str(out), *_set_args(raw)])
+    assert rc == 1
+    assert "non-finite loss" in capsys.readouterr().err
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "failed" and "non-finite loss" in result["reason"]
+    last = torch.load(out / "last.pth", weights_only=True)
+    assert last["epoch"] == 1 and all(torch.isfinite(v).all() for v in last["model"].values())
+    assert torch.load(out / "best.pth", weights_only=True)["epoch"] == 1
+
+
+@pytest.mark.parametrize(
+    "sets,needle",
+    [
+        (["train.epochs=0"], "train.epochs: expected >= 1, got 0"),
+        (["train.lr=fast"], "train.lr: expected a number, got 'fast'"),
+        (["train.epoch=3"], "unknown key 'train.epoch' (did you mean 'train.epochs'?)"),
+        (["model.focal_level=3"], "unknown key 'model.focal_level' (did you mean 'focal_levels'?)"),
+        (["model.gating=sigmod"], "model.gating: unknown value 'sigmod' (did you mean 'sigmoid'?)"),
+        (["model.preset=focalnet_tiny"], "unknown model 'focalnet_tiny'"),
+        (["data.dataset=imagenet"], "data.dataset: unknown value 'imagenet'"),
+        (["data.dataset=imagefolder", "data.root=/no/such/dir"], "data.root: '/no/such/dir' is not a directory"),
+        (["data.dataset=cifar10", "data.root=/tmp"], "data.root: no cifar10 at '/tmp'"),
+        (["train.mixup=0.8"], "train.mixup: mixing pathfinder images destroys their labels"),
+        (["train.opt=adamz"], "train.opt: unknown optimizer 'adamz'"),
+        (["model.num_classes=10"], "model.num_classes: 10 but the dataset has 2 classes"),
+        (["recipe=imagenet"], "recipe: unknown recipe 'imagenet'"),
+        (["train.batch_size=999999"], "train.batch_size: 999999 is larger than the training set"),
+        (["bogus.key=1"], "unknown key 'bogus.key'"),
+    ],
+)
+def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, sets, needle):
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out)]
+    for s in sets:
+        args += ["--set", s]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_config_file_errors(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: 2\n  lr: [1, 2\n")
+    assert main(["train", str(bad), "--out", str(tmp_path / "r")]) == 2
+    assert f"{bad}:4:1: malformed YAML" in capsys.readouterr().err or "malformed YAML" in capsys.readouterr().err
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(yaml.safe_dump(tiny_run()))
+    cfg = resolve_run_config(yaml.safe_load(ok.read_text()), {"train.epochs": 5})
+    assert cfg.train.epochs == 5 and cfg.model["embed_dim"] == 16
+
+
+def test_out_dir_of_another_experiment_is_refused(tmp_path):
+    train(resolve_run_config(tiny_run(train={"epochs": 1})), tmp_path / "r")
+    with pytest.raises(ConfigError, match="holds a run with a different config"):
+        train(resolve_run_config(tiny_run(train={"epochs": 1, "lr": 1e-4})), tmp_path / "r")
+
+
+def test_weight_decay_modes():
+    from focalexp.train.loop import Trainer
+
+    def groups(mode):
+        t = Trainer(resolve_run_config(tiny_run(train={"weight_decay_mode": mode})), "/nonexistent")
+        t.device = torch.device("cpu")
+        from focalexp.train.distributed import DistInfo
+
+        t.dist = DistInfo()
+        t._build()
+        names = {id(p): n for n, p in t.model.named_parameters()}
+        return {g["weight_decay"]: sorted(names[id(p)] for p in g["params"]) for g in t.optimizer.param_groups}
+
+    g = groups("skip_norm_bias")
+    assert all(n.endswith(("bias", "norm1.weight", "norm2.weight", "norm.weight")) or "norm" in n for n in g[0.0])
+    assert all(p.endswith("weight") and "norm" not in p for p in g[0.05])
+    assert "stages.0.blocks.0.modulation.f.weight" in g[0.05]
+    assert set(groups("official_none")) == {0.0}
+    assert set(groups("all")) == {0.05}
+
+
+def test_paper_recipe_resolves(monkeypatch, image_folder):
+    monkeypatch.setenv("IMAGENET_ROOT", str(image_folder))
+    cfg = resolve_run_config({"recipe": "imagenet_paper"}, model="focalnet_t_srf")
+    t, d = cfg.train, cfg.data
+    assert (t.epochs, t.batch_size, t.warmup_epochs, t.weight_decay, t.clip_grad) == (300, 1024, 20, 0.05, 5.0)
+    assert t.lr * t.batch_size / t.lr_base_batch == pytest.approx(1e-3)
+    assert (t.mixup, t.cutmix, t.smoothing, d.reprob, d.auto_augment) == (0.8, 0.8, 0.1, 0.25, "rand-m9-mstd0.5-inc1")
+    assert cfg.model_config().drop_path_rate == 0.2  # from the preset (S .3, B .5)
+    assert cfg.model["num_classes"] == 2  # the tiny folder's two classes
+    monkeypatch.delenv("IMAGENET_ROOT")
+    with pytest.raises(ConfigError, match=r"data.root: environment variable \$IMAGENET_ROOT is not set"):
+        resolve_run_config({"recipe": "imagenet_paper"})
+
+
+def test_imagefolder_layout_errors(tmp_path):
+    (tmp_path / "flat").mkdir()
+    with pytest.raises(ConfigError, match="expected .*train' and .*val' with one folder per class"):
+        resolve_run_config(tiny_run(data={"dataset": "imagefolder", "root": str(tmp_path / "flat")}))
+    for split, cls in (("train", "a"), ("train", "b"), ("val", "a"), ("val", "c")):
+        (tmp_path / "mismatch" / split / cls).mkdir(parents=True)
+    with pytest.raises(ConfigError, match="train/ and val/ have different class folders"):
+        resolve_run_config(tiny_run(data={"dataset": "imagefolder", "root": str(tmp_path / "mismatch")}))
+
+
+def test_pathfinder_is_deterministic_balanced_and_means_what_it_says():
+    from collections import deque
+
+    from focalexp.data.pathfinder import generate_pathfinder
+
+    a, la = generate_pathfinder(400, seed=3)
+    b, lb = generate_pathfinder(400, seed=3)
+    assert np.array_equal(a, b) and np.array_equal(la, lb)
+    assert 0.4 < la.mean() < 0.6
+
+    def markers_connected(img) -> bool:
+        red = (img[0] == 255) & (img[1] == 0)
+        ink = img.max(0) > 0
+        ys, xs = np.nonzero(red)
+        seed = (ys[0], xs[0])
+        seen, todo = {seed}, deque([seed])
+        while todo:
+            y, x = todo.popleft()
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    q = (y + dy, x + dx)
+                    if 0 <= q[0] < 32 and 0 <= q[1] < 32 and ink[q] and q not in seen:
+                        seen.add(q)
+                        todo.append(q)
+        return all((y, x) in seen for y, x in zip(ys, xs))
+
+    conn = np.array([markers_connected(x) for x in a])
+    assert conn[la == 1].all()  # a whole path always joins its two markers
+    assert conn[la == 0].mean() < 0.35  # a cut one does unless a distractor bridges the gap

@@ -324,3 +324,25 @@ def test_pathfinder_is_deterministic_balanced_and_means_what_it_says():
     conn = np.array([markers_connected(x) for x in a])
     assert conn[la == 1].all()  # a whole path always joins its two markers
     assert conn[la == 0].mean() < 0.35  # a cut one does unless a distractor bridges the gap
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [{"amp": "bf16"}, {"grad_checkpointing": True}, {"channels_last": False},
+     pytest.param({"compile": True}, marks=pytest.mark.slow)],
+    ids=["bf16", "grad_checkpointing", "no_channels_last", "compile"],
+)
+def test_speed_knobs_train(tmp_path, knobs):
+    result = train(resolve_run_config(tiny_run(train={"epochs": 1, **knobs})), tmp_path / "r")
+    assert result["status"] == "done" and result["top1"] is not None
+
+
+def test_resume_flag_continues_from_a_given_checkpoint(tmp_path, capsys):
+    raw = tiny_run(train={"epochs": 2, "stop_after_epochs": 1})
+    train(resolve_run_config(raw), tmp_path / "a")
+    args = ["train", "--out", str(tmp_path / "b"), "--resume", str(tmp_path / "a" / "last.pth"), *_set_args(raw)]
+    assert main(args) == 0
+    rows = read_metrics(tmp_path / "b")
+    assert [r["epoch"] for r in rows] == [1, 2]  # epoch 1 came with the checkpoint
+    assert main(["train", "--out", str(tmp_path / "c"), "--resume", str(tmp_path / "nope.pth")]) == 2
+    assert "--resume: no such checkpoint" in capsys.readouterr().err

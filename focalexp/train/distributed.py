@@ -68,15 +68,6 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return t
 
 
-def broadcast_flag(flag: bool, info: DistInfo) -> bool:
-    """True on every rank if any rank's flag is true."""
-    if info.world_size <= 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=info.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
 def barrier(info: DistInfo) -> None:
     if info.world_size > 1:
         dist.barrier()

@@ -36,7 +36,7 @@ import yaml
 from ..errors import ConfigError, FocalexpError
 from ..models.checkpoint import atomic_save, read_state, save_model
 from .config import RunConfig
-from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_flag, setup_distributed, teardown
+from .distributed import DistInfo, all_reduce_sum, barrier, setup_distributed, teardown
 
 RUN_FORMAT = "focalexp-run"
 
@@ -153,6 +153,8 @@ class _StopSignals:
         return self
 
     def _handle(self, signum, frame) -> None:
+        if self.caught is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without saving
         self.caught = signum
 
     def __exit__(self, *exc) -> None:
@@ -391,10 +393,10 @@ class Trainer:
                 x, y = self.mixup(x, y)
             with self._autocast():
                 loss = self.criterion(self.net(x), y)
-            # one small collective per step: the global loss for the log, and a non-finite flag that
-            # stops every rank at the same step
-            stats = torch.tensor([loss.item() * len(y), len(y), 0.0 if math.isfinite(loss.item()) else 1.0],
-                                 dtype=torch.float64, device=self.device)
+            # one small collective per step: the global loss for the log, a non-finite flag and a stop
+            # flag, so that every rank fails or stops at the same step
+            stats = torch.tensor([loss.item() * len(y), len(y), 0.0 if math.isfinite(loss.item()) else 1.0,
+                                  float(stops.caught is not None)], dtype=torch.float64, device=self.device)
             stats = all_reduce_sum(stats, self.dist).cpu()
             if stats[2] > 0:
                 raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; "
@@ -420,7 +422,7 @@ class Trainer:
             t0 = now
             bar.update(1)
             bar.set_postfix(loss=f"{self.running['loss_sum'] / self.running['count']:.3f}")
-            if broadcast_flag(stops.caught is not None, self.dist):
+            if stats[3] > 0:
                 self._stop_epoch = epoch + 1
                 self._save_last(epoch, step)
                 raise RunInterrupted()

@@ -17,6 +17,14 @@ EXAMPLES = {
     "  focalexp train --model focalnet_micro --set model.focal_levels=4 --set train.epochs=2 --out runs/l4\n"
     "  focalexp train run.yaml --set data.root=/data/imagenet --out runs/t_srf\n"
     "  IMAGENET_ROOT=/data/imagenet focalexp train --set recipe=imagenet_paper --model focalnet_t_srf --out runs/in1k",
+    "sweep": "focalexp sweep experiments/focal_levels.yaml           # the demo: local when there is no SLURM\n"
+    "  focalexp sweep experiments/kernel_sizes.yaml --dry-run\n"
+    "  focalexp sweep experiments/imagenet/focal_levels.yaml --set launcher.partition=gpu --dry-run\n"
+    "  focalexp sweep experiments/focal_levels.yaml --cluster slurm --set seeds=[0,1,2] --wait\n"
+    "  focalexp sweep experiments/focal_levels.yaml --retry-failed",
+    "status": "focalexp status sweeps/focal_levels\n  focalexp status sweeps/focal_levels --json",
+    "collect": "focalexp collect sweeps/focal_levels\n  focalexp collect sweeps/focal_levels --format csv",
+    "report": "focalexp report sweeps/focal_levels",
     "models": "focalexp models\n  focalexp models --kind paper --json",
     "flops": "focalexp flops --model focalnet_t_srf\n  focalexp flops --model focalnet_t_lrf --set focal_levels=4 "
     "--by module --depth 2\n  focalexp flops --model focalnet_b_srf --img-size 384 --json",
@@ -220,6 +228,171 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- sweep
+def _bar(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="run", disable=not sys.stderr.isatty(), leave=False)
+
+
+def _axis_cell(v: Any) -> str:
+    return json.dumps(v, separators=(",", ":")) if isinstance(v, (list, dict)) else str(v)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .overrides import parse_set_args
+    from .sweep import axis_keys, estimate, expand, launch, load_spec
+
+    overrides = parse_set_args(args.set)
+    if args.cluster:
+        overrides["launcher.cluster"] = args.cluster
+    spec = load_spec(args.spec, overrides)
+    runs = expand(spec, check_data_present=not args.dry_run)
+    sweep_dir = Path(args.dir) if args.dir else Path("sweeps") / spec.name
+    axes = axis_keys(spec)
+    if args.dry_run:
+        est = {e["run_id"]: e for e in estimate(spec, runs)}
+        rows = []
+        for r in runs:
+            e = est[r.run_id]
+            rows.append([r.run_id] + [_axis_cell(r.axes[a]) for a in axes] + [
+                str(r.seed), f"{e['gmacs']:.4g}", str(e.get("images") or "?"),
+                f"{e['train_pmacs']:.3g}" if "train_pmacs" in e else "-",
+                f"{e['gpu_hours']:.3g}" if "gpu_hours" in e else "-"])
+        if args.json:
+            print(json.dumps({"name": spec.name, "runs": [{"run_id": r.run_id, "axes": r.axes, "seed": r.seed,
+                                                            **est[r.run_id]} for r in runs]}, indent=1))
+            return 0
+        print(f"sweep {spec.name}: {len(runs)} runs ({spec.task}), dir {sweep_dir} (dry run: nothing written)")
+        if spec.description:
+            print(f"  {spec.description.strip()}")
+        print(_table(rows, ["run"] + axes + ["seed", "GMACs/img", "img/epoch", "train PMACs", "GPU-h"]))
+        if spec.task == "train":
+            tot = sum(e.get("train_pmacs", 0) for e in est.values())
+            gh = sum(e.get("gpu_hours", 0) for e in est.values())
+            gpus = spec.launcher.nodes * max(1, spec.launcher.gpus_per_node)
+            print(f"compute: {tot:.4g} PMACs of training (3 x forward GMACs x images x epochs) = {gh:.4g} GPU-hours "
+                  f"at {spec.estimate.gpu_tflops:g} sustained TFLOP/s per GPU (set estimate.gpu_tflops); "
+                  f"{gh / len(runs) / gpus:.3g} h wall per run on its {gpus} GPU(s)")
+        return 0
+    bar = None
+
+    def progress(done: int, n: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = _bar(n, f"sweep {spec.name}")
+        bar.n = done
+        bar.refresh()
+
+    try:
+        out = launch(spec, sweep_dir, runs=runs, retry_failed=args.retry_failed, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    skipped = ", ".join(f"{len(v)} {k}" for k, v in out.skipped.items())
+    print(f"sweep {spec.name}: {len(runs)} runs; submitted {len(out.submitted)} ({out.cluster})"
+          + (f"; left alone: {skipped}" if skipped else "") + f"; dir {sweep_dir}")
+    if out.cluster == "slurm" and out.job_ids:
+        arrays = sorted({j.split("_")[0] for j in out.job_ids})
+        print(f"SLURM job(s) {', '.join(arrays)}; follow with `focalexp status {sweep_dir}`")
+    if out.cluster == "slurm" and args.wait:
+        _follow(sweep_dir)
+    if out.cluster != "slurm" or args.wait:
+        return _summarize_sweep(sweep_dir)
+    return 0
+
+
+def _follow(sweep_dir) -> None:
+    import time
+
+    from .sweep import status
+
+    states = status(sweep_dir)
+    bar = _bar(len(states), "waiting")
+    while True:
+        states = status(sweep_dir)
+        ended = sum(s.state in ("done", "failed", "cancelled", "stopped", "missing") for s in states)
+        bar.n = ended
+        bar.set_postfix_str(" ".join(f"{k}={v}" for k, v in _counts(states).items()))
+        bar.refresh()
+        if ended == len(states):
+            break
+        time.sleep(5)
+    bar.close()
+
+
+def _counts(states) -> dict[str, int]:
+    from .sweep import counts
+
+    return counts(states)
+
+
+def _summarize_sweep(sweep_dir) -> int:
+    """After a sweep ended: its status line, the report table, and exit 1 if a run failed."""
+    from .sweep import report, status
+
+    states = status(sweep_dir)
+    files = report(sweep_dir)
+    print((files["markdown"]).read_text().strip())
+    print(f"\nreport: {', '.join(str(p) for p in files.values())}")
+    failed = [s for s in states if s.state in ("failed", "cancelled")]
+    for s in failed:
+        print(f"{s.state}: run {s.run_id} ({', '.join(f'{k}={v}' for k, v in s.axes.items())}): {s.reason}",
+              file=sys.stderr)
+    print("status: " + ", ".join(f"{v} {k}" for k, v in _counts(states).items()))
+    return 1 if failed else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .sweep import SweepDir, status
+
+    states = status(args.dir)
+    axes = SweepDir(args.dir).manifest()["axes"]
+    if args.json:
+        print(json.dumps([{k: v for k, v in s.to_dict().items() if k != "result"} for s in states], indent=1))
+    else:
+        rows = [[s.run_id] + [_axis_cell(s.axes.get(a)) for a in axes] + [
+            str(s.seed), s.state, s.job_id or "-", _fmt_g((s.result or {}).get("top1"), 2)
+            if (s.result or {}).get("top1") is not None else "-", (s.reason or "")[:80]] for s in states]
+        print(_table(rows, ["run"] + axes + ["seed", "state", "job", "top-1", "reason"]))
+        for s in states:
+            if s.state in ("failed", "cancelled") and s.log_tail:
+                print(f"\n--- {s.run_id} ({s.state}) {s.log}:")
+                print("\n".join("  " + ln for ln in s.log_tail))
+        print("\n" + ", ".join(f"{v} {k}" for k, v in _counts(states).items()))
+    return 1 if any(s.state == "failed" for s in states) else 0
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from .sweep import collect
+
+    df = collect(args.dir)
+    if args.format == "csv":
+        print(df.to_csv(index=False), end="")
+    elif args.format == "json":
+        print(df.to_json(orient="records", indent=1))
+    else:
+        import pandas as pd
+
+        cols = [c for c in ["run_id", *df.attrs["axes"], "seed", "status", "top1", "top5", "params", "gmacs",
+                            "train_seconds", "images_per_s"] if c in df.columns]
+        with pd.option_context("display.width", 200, "display.max_columns", 30):
+            print(df[cols].to_string(index=False))
+        print(f"\nwrote {args.dir}/results.csv and results.parquet ({len(df)} rows, {len(df.columns)} columns)")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .sweep import report
+
+    files = report(args.dir, formats=tuple(args.fig_format or ["png"]))
+    print(files["markdown"].read_text().strip())
+    print("\nwrote " + ", ".join(str(p) for p in files.values()))
+    return 0
+
+
 # ---------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="focalexp", description="Focal Modulation Network experiments and ablations.")
@@ -257,6 +430,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="PATH", help="continue from this last.pth (default: DIR/last.pth if present)")
     p.add_argument("--nproc", type=int, default=1, help="local processes (DDP: gloo on CPU, nccl on GPU)")
     p.add_argument("--json", action="store_true", help="print result.json")
+
+    p = add("sweep", cmd_sweep, "Run a grid of experiments from a YAML spec (SLURM job arrays, or local processes).")
+    p.add_argument("spec", help="sweep spec YAML (name, base, grid, zip, exclude, seeds, task, launcher)")
+    p.add_argument("--dir", help="sweep dir (default: sweeps/NAME)")
+    p.add_argument("--dry-run", action="store_true", help="validate, print the runs and the compute; write nothing")
+    p.add_argument("--cluster", choices=["auto", "slurm", "local", "debug"], help="override launcher.cluster")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override the spec: base.train.epochs=1, grid.model.focal_levels=[0,4], seeds=[0,1], "
+                        "launcher.partition=gpu (repeatable)")
+    p.add_argument("--retry-failed", action="store_true", help="also resubmit failed and cancelled runs")
+    p.add_argument("--wait", action="store_true", help="SLURM: follow the sweep until every run ended")
+    p.add_argument("--json", action="store_true", help="--dry-run: print the runs as JSON")
+
+    p = add("status", cmd_status, "Where every run of a sweep stands (exit 1 if any failed).")
+    p.add_argument("dir", help="sweep dir")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+
+    p = add("collect", cmd_collect, "One row per run (axes, then metrics) to results.csv / results.parquet.")
+    p.add_argument("dir", help="sweep dir")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table", help="what to print")
+
+    p = add("report", cmd_report, "Paper-style table (markdown, LaTeX; mean ± std over seeds) and seaborn figures.")
+    p.add_argument("dir", help="sweep dir")
+    p.add_argument("--fig-format", action="append", choices=["png", "pdf", "svg"], default=None,
+                   help="figure format (repeatable; default png)")
     return parser
 
 

@@ -100,9 +100,11 @@ def _imagefolder_classes(root: Path) -> list[str]:
     return classes
 
 
-def check_data(cfg: DataConfig) -> None:
-    """Validate the data section (paths and layouts) without loading images."""
-    if cfg.dataset == "imagefolder":
+def check_data(cfg: DataConfig, on_disk: bool = True) -> None:
+    """Validate the data section (values; with ``on_disk`` also paths and layouts) without loading images."""
+    if not on_disk:
+        pass
+    elif cfg.dataset == "imagefolder":
         _imagefolder_classes(resolve_root(cfg))
     elif cfg.dataset in ("cifar10", "cifar100"):
         root = resolve_root(cfg)

@@ -135,10 +135,15 @@ def resolve_run_config(
     raw: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
     model: str | None = None,
+    *,
+    check_data_present: bool = True,
 ) -> RunConfig:
     """A validated :class:`RunConfig` from a parsed YAML mapping, dotted overrides and a model name.
 
     ``model`` (``--model NAME``) replaces the preset and clears the recipe's model overrides.
+    ``check_data_present=False`` validates everything but the data on disk (a sweep's dry run, or a
+    launcher whose data lives on the cluster); the model's ``num_classes`` must then be given for
+    datasets whose classes are read from disk.
     """
     raw = dict(raw or {})
     overrides = dict(overrides or {})
@@ -157,12 +162,12 @@ def resolve_run_config(
     if not isinstance(merged.get("model", {}), Mapping):
         raise ConfigError(f"model: expected a mapping (preset: NAME plus knobs), got {merged['model']!r}")
     cfg: RunConfig = build(RunConfig, merged)
-    _complete_model(cfg)
-    validate(cfg)
+    _complete_model(cfg, check_data_present)
+    validate(cfg, check_data_present)
     return cfg
 
 
-def _complete_model(cfg: RunConfig) -> None:
+def _complete_model(cfg: RunConfig, data_present: bool = True) -> None:
     """Fill the model's num_classes / img_size from the data unless the config sets them."""
     if "preset" not in cfg.model:
         raise ConfigError("model.preset: name a preset (see `focalexp models`), e.g. model: {preset: focalnet_t_srf}")
@@ -173,13 +178,18 @@ def _complete_model(cfg: RunConfig) -> None:
     m.setdefault("img_size", img)
     if m["img_size"] != img:
         raise ConfigError(f"model.img_size: {m['img_size']} differs from data.img_size {img}; set one of them")
+    if not data_present and cfg.data.dataset == "imagefolder":
+        if "num_classes" not in m:
+            raise ConfigError("model.num_classes: set it (e.g. 1000 for ImageNet-1K) when the data is not "
+                              "checked on this machine")
+        return
     ncls = num_classes_of(cfg.data)
     m.setdefault("num_classes", ncls)
     if m["num_classes"] != ncls:
         raise ConfigError(f"model.num_classes: {m['num_classes']} but the dataset has {ncls} classes")
 
 
-def validate(cfg: RunConfig) -> None:
+def validate(cfg: RunConfig, data_present: bool = True) -> None:
     """Everything that can be checked before a run starts; errors name the dotted key."""
     import torch
 
@@ -196,7 +206,7 @@ def validate(cfg: RunConfig) -> None:
         raise type(e)(msg) from None
     with torch.device("meta"):
         FocalNet(mcfg)
-    check_data(cfg.data)
+    check_data(cfg.data, on_disk=data_present)
     t = cfg.train
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
         raise ConfigError(f"train.betas: expected two values in [0, 1), got {t.betas}")

@@ -399,8 +399,9 @@ class Trainer:
                                   float(stops.caught is not None)], dtype=torch.float64, device=self.device)
             stats = all_reduce_sum(stats, self.dist).cpu()
             if stats[2] > 0:
-                raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; "
-                                    "last.pth and best.pth hold the last good state")
+                kept = [n for n in ("last.pth", "best.pth") if (self.out / n).exists()]
+                raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; " + (
+                    f"{' and '.join(kept)} hold the last good state" if kept else "no checkpoint was written yet"))
             self.scaler.scale(loss).backward()
             if t.clip_grad:
                 self.scaler.unscale_(self.optimizer)

@@ -25,3 +25,11 @@ class TrainTask(submitit.helpers.Checkpointable):
             # a failed run must look failed to the scheduler too (not COMPLETED, as with Hydra)
             raise RuntimeError(f"run failed: {result.get('reason')}")
         return result
+
+
+def run_train(config: Mapping[str, Any], out: str, threads: int | None = None) -> dict:
+    """The sweep's ``train`` task: ``threads`` (the job's cores) applies unless the config sets it."""
+    config = dict(config)
+    if threads and not (config.get("train") or {}).get("threads"):
+        config["train"] = {**(config.get("train") or {}), "threads": threads}
+    return TrainTask.__call__(TrainTask(), config, out)

@@ -1,0 +1,239 @@
+"""A sweep spec: a base run config, the axes that vary, seeds, the task, the launcher; its runs.
+
+``grid`` axes (dotted run-config keys → lists) form a cartesian product; each ``zip`` group is one
+axis whose keys vary together; ``exclude`` rules drop combinations (a rule matches a run when every
+key it names has the rule's value, or one of its values if the rule gives a list); ``seeds``
+multiply everything. Every run is resolved and validated (its model built on the meta device)
+before anything is written or submitted; an error names the run and the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from ..configtools import build, content_hash, load_yaml, to_plain
+from ..configtools import opt as _f
+from ..errors import ConfigError, FocalexpError, did_you_mean
+from ..overrides import set_dotted
+
+CLUSTERS = ("auto", "slurm", "local", "debug")
+TASKS = ("train", "measure")
+
+
+@dataclass
+class LauncherConfig:
+    cluster: str = _f("auto", "auto (slurm when srun is on PATH, else local), slurm, local, debug (in-process)",
+                      choices=CLUSTERS)
+    partition: Optional[str] = _f(None, "SLURM partition")
+    account: Optional[str] = _f(None, "SLURM account")
+    qos: Optional[str] = _f(None, "SLURM quality of service")
+    constraint: Optional[str] = _f(None, "SLURM node constraint")
+    timeout_min: int = _f(60, "time limit of one job in minutes (a Checkpointable run requeues past it)", min=1)
+    nodes: int = _f(1, "nodes per run", min=1)
+    tasks_per_node: int = _f(1, "processes per node (one per GPU for DDP)", min=1)
+    gpus_per_node: int = _f(0, "GPUs per node", min=0)
+    cpus_per_task: Optional[int] = _f(None, "CPU cores per process (also torch's thread count)", min=1)
+    mem_gb: Optional[float] = _f(None, "memory per node in GB", min=0.0)
+    array_parallelism: Optional[int] = _f(
+        None, "runs at once (SLURM: the array throttle, default 256; local: default cores / cpus_per_task)", min=1)
+    setup: list[str] = _f([], "shell lines run before each job (module load, conda activate, ...)")
+    max_num_timeout: int = _f(3, "requeues allowed after time-outs (preemptions always requeue)", min=0)
+    signal_delay_s: int = _f(90, "seconds before the time limit at which the job is told to save", min=0)
+    max_array_size: Optional[int] = _f(None, "split arrays above this many runs (default: the cluster's "
+                                       "MaxArraySize, or 1001)", min=1)
+
+
+@dataclass
+class MeasureConfig:
+    batch_size: int = _f(16, "images per step for throughput", min=1)
+    rounds: int = _f(5, "timed rounds (median reported)", min=1)
+    warmup: int = _f(2, "untimed steps first", min=0)
+    mode: str = _f("infer", "throughput of inference, a training step, or both", choices=("infer", "train", "both"))
+    threads: Optional[int] = _f(None, "torch CPU threads (default: launcher.cpus_per_task or torch's choice)", min=1)
+
+
+@dataclass
+class EstimateConfig:
+    gpu_tflops: float = _f(100.0, "sustained TFLOP/s per GPU assumed for the GPU-hour estimate", min=1e-6)
+    train_images: Optional[int] = _f(None, "images per epoch (default: data.train_size, the built-in "
+                                     "dataset's size, or ImageNet-1K's 1,281,167 for 1000 classes)", min=1)
+
+
+@dataclass
+class SweepSpec:
+    name: str = _f("", "sweep name (letters, digits, - _ .); the default sweep dir is sweeps/NAME")
+    description: str = _f("", "what the sweep asks")
+    base: dict = field(default_factory=dict, metadata={"help": "a run config, as for `focalexp train`"})
+    grid: dict = field(default_factory=dict, metadata={"help": "dotted run-config key -> list of values"})
+    zip: list[dict] = _f([], "groups of keys that vary together (equal-length lists)")
+    exclude: list[dict] = _f([], "rules: {key: value or [values]}; matching runs are dropped")
+    seeds: list[int] = _f([0], "seeds; every combination runs once per seed")
+    task: str = _f("train", "train, or measure (params, GMACs, throughput; no training)", choices=TASKS)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    estimate: EstimateConfig = field(default_factory=EstimateConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+
+
+@dataclass
+class Run:
+    """One point of the sweep: its axis values, seed, resolved config and id."""
+
+    run_id: str
+    axes: dict[str, Any]
+    seed: int
+    config: dict[str, Any]  # the resolved run config (plain)
+    task: str
+
+    @property
+    def label(self) -> str:
+        parts = [f"{k}={_short(v)}" for k, v in self.axes.items()]
+        return ", ".join(parts + [f"seed={self.seed}"])
+
+
+def _short(v: Any) -> str:
+    return str(v).replace(" ", "")
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def apply_spec_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``--set`` on a spec: ``launcher.cluster=local``, ``base.train.epochs=1``, ``grid.model.focal_levels=[0,4]``
+    (after ``grid.`` / ``exclude.`` the rest of the key is one axis name), ``seeds=[0,1,2]``."""
+    out = copy.deepcopy(raw)
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        if head == "grid" and rest:
+            grid = out.setdefault("grid", {})
+            if not isinstance(grid, dict):
+                raise ConfigError(f"--set {key}: grid is not a mapping")
+            grid[rest] = value
+        else:
+            set_dotted(out, key, value)
+    return out
+
+
+def load_spec(path: str | Path, overrides: Mapping[str, Any] | None = None) -> SweepSpec:
+    raw = load_yaml(path)
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{path}: expected a mapping with keys name, base, grid, ... (got {type(raw).__name__})")
+    return parse_spec(dict(raw), overrides, source=str(path))
+
+
+def parse_spec(raw: Mapping[str, Any], overrides: Mapping[str, Any] | None = None, source: str = "spec") -> SweepSpec:
+    raw = apply_spec_overrides(dict(raw), overrides or {})
+    spec: SweepSpec = build(SweepSpec, raw)
+    if not spec.name:
+        raise ConfigError(f"name: {source} needs a name (it names the sweep dir)")
+    if not _NAME.match(spec.name):
+        raise ConfigError(f"name: {spec.name!r} may hold only letters, digits, '-', '_' and '.'")
+    if not spec.seeds:
+        raise ConfigError("seeds: the list is empty; give at least one seed, e.g. [0]")
+    if len(set(spec.seeds)) != len(spec.seeds) or any(s < 0 for s in spec.seeds):
+        raise ConfigError(f"seeds: expected distinct non-negative integers, got {spec.seeds}")
+    if spec.task == "measure" and len(spec.seeds) > 1:
+        raise ConfigError(f"seeds: a measure sweep has nothing random to seed; give one seed, got {spec.seeds}")
+    for k, v in spec.grid.items():
+        if not isinstance(v, list):
+            raise ConfigError(f"grid.{k}: expected a list of values, got {v!r}")
+        if not v:
+            raise ConfigError(f"grid.{k}: the list is empty; give at least one value")
+        if k == "seed":
+            raise ConfigError("grid.seed: list seeds under 'seeds', not as an axis")
+    seen = set(spec.grid)
+    for i, group in enumerate(spec.zip):
+        if not group:
+            raise ConfigError(f"zip[{i}]: the group is empty")
+        lengths = set()
+        for k, v in group.items():
+            if not isinstance(v, list) or not v:
+                raise ConfigError(f"zip[{i}].{k}: expected a non-empty list of values, got {v!r}")
+            if k in seen:
+                raise ConfigError(f"zip[{i}].{k}: the key is already an axis")
+            seen.add(k)
+            lengths.add(len(v))
+        if len(lengths) > 1:
+            raise ConfigError(f"zip[{i}]: lists of different lengths {sorted(lengths)}; keys that vary together "
+                              "need one value each per point")
+    for i, rule in enumerate(spec.exclude):
+        if not rule:
+            raise ConfigError(f"exclude[{i}]: the rule is empty")
+        for k in rule:
+            if k not in seen:
+                raise ConfigError(f"exclude[{i}].{k}: not an axis of the sweep{did_you_mean(k, seen)}")
+    return spec
+
+
+def axis_keys(spec: SweepSpec) -> list[str]:
+    keys = list(spec.grid)
+    for group in spec.zip:
+        keys.extend(group)
+    return keys
+
+
+def _points(spec: SweepSpec) -> list[dict[str, Any]]:
+    dims: list[list[dict[str, Any]]] = [[{k: v} for v in vals] for k, vals in spec.grid.items()]
+    for group in spec.zip:
+        keys = list(group)
+        n = len(group[keys[0]])
+        dims.append([{k: group[k][i] for k in keys} for i in range(n)])
+    points = []
+    for combo in itertools.product(*dims):
+        p: dict[str, Any] = {}
+        for part in combo:
+            p.update(part)
+        if not any(_matches(p, rule) for rule in spec.exclude):
+            points.append(p)
+    return points
+
+
+def _matches(point: Mapping[str, Any], rule: Mapping[str, Any]) -> bool:
+    for k, v in rule.items():
+        allowed = v if isinstance(v, list) and not isinstance(point.get(k), list) else [v]
+        if point.get(k) not in allowed:
+            return False
+    return True
+
+
+def expand(spec: SweepSpec, *, check_data_present: bool = True) -> list[Run]:
+    """Every run of the sweep, resolved and validated; errors name the run and the key."""
+    from ..train.config import resolve_run_config
+
+    points = _points(spec)
+    if not points:
+        raise ConfigError("grid: every combination is excluded; the sweep has no runs")
+    base = dict(spec.base)
+    if "seed" in base:
+        raise ConfigError("base.seed: list seeds under the spec's 'seeds' key")
+    runs: list[Run] = []
+    ids: dict[str, str] = {}
+    for point in points:
+        for seed in spec.seeds:
+            overrides = {**point, "seed": seed}
+            label = ", ".join([f"{k}={_short(v)}" for k, v in point.items()] + [f"seed={seed}"])
+            try:
+                cfg = resolve_run_config(base, overrides, check_data_present=check_data_present)
+            except FocalexpError as e:
+                msg = str(e)
+                if msg.startswith("unknown model '"):
+                    msg = f"model.preset: {msg}"
+                axis = next((k for k in point if k in msg), None)
+                where = f"grid axis '{axis}'" if axis and msg.startswith("unknown key") else f"run [{label}]"
+                raise ConfigError(f"{where}: {msg}") from None
+            plain = cfg.to_dict()
+            if spec.task == "train":
+                run_id = cfg.run_id
+            else:
+                run_id = content_hash({"task": "measure", "model": plain["model"],
+                                       "measure": to_plain(spec.measure)})
+            if run_id in ids:
+                raise ConfigError(f"run [{label}]: resolves to the same config as run [{ids[run_id]}] "
+                                  "(an axis that changes nothing?)")
+            ids[run_id] = label
+            runs.append(Run(run_id, dict(point), seed, plain, spec.task))
+    return runs

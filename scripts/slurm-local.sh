@@ -1,0 +1,383 @@
+#!/usr/bin/env bash
+# A real single-node SLURM cluster on this machine (for tests and development), without systemd:
+# munge authentication, slurmctld + slurmd, and job accounting (slurmdbd on a private MariaDB instance).
+#
+# Usage (as root):
+#   scripts/slurm-local.sh start     install what is missing (apt), start every daemon, wait until the node is idle;
+#                                    does nothing if the cluster is already up and healthy
+#   scripts/slurm-local.sh status    daemons alive + sinfo; exit 0 if healthy, 1 otherwise
+#   scripts/slurm-local.sh stop      stop every daemon this script started (exit 0 even if none runs)
+#   scripts/slurm-local.sh restart   stop, then start (applies a changed configuration)
+#
+# Environment:
+#   FOCALEXP_SLURM_STATE    state dir: daemon state, PID files, logs, MariaDB data (default /var/lib/focalexp-slurm)
+#   FOCALEXP_SLURM_DB_PORT  TCP port of the private MariaDB on 127.0.0.1 (default 3307)
+#   FOCALEXP_SLURM_CRED_EXPIRE  seconds a requeued job waits before it may start again (default 10; Slurm's is 120)
+#   FOCALEXP_SLURM_FORCE=1  overwrite an /etc/slurm/slurm.conf that this script did not write
+#
+# The configuration goes to /etc/slurm/slurm.conf (sbatch, srun, sacct find it without SLURM_CONF), cluster
+# "focalexp", one partition "debug" (the default). It is tuned for fast tests: a requeued job restarts after
+# ~10 s instead of 120 s (AuthInfo=cred_expire=10), KillWait=5, and the schedulers run every few seconds.
+# Jobs keep their records (sacct) for good; slurmctld forgets finished jobs after MinJobAge=300 s (the default).
+set -euo pipefail
+
+STATE="${FOCALEXP_SLURM_STATE:-/var/lib/focalexp-slurm}"
+DB_PORT="${FOCALEXP_SLURM_DB_PORT:-3307}"
+CRED_EXPIRE="${FOCALEXP_SLURM_CRED_EXPIRE:-10}"
+CLUSTER=focalexp
+PARTITION=debug
+CONF_DIR=/etc/slurm
+SLURM_CONF_FILE="$CONF_DIR/slurm.conf"
+DBD_CONF_FILE="$CONF_DIR/slurmdbd.conf"
+MARK="# written by focalexp scripts/slurm-local.sh"
+PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server)
+MUNGE_PID=/run/munge/munged.pid
+MYSQL_DIR="$STATE/mysql"
+MYSQL_CNF="$STATE/my.cnf"
+MYSQL_PID="$MYSQL_DIR/mysqld.pid"
+DBD_PID="$STATE/slurmdbd.pid"
+CTLD_PID="$STATE/slurmctld.pid"
+SLURMD_PID="$STATE/slurmd.pid"
+# Slurm reads these; a value inherited from the caller would point the commands elsewhere.
+unset SLURM_CONF SLURM_CLUSTERS
+
+say() { echo "==> $*"; }
+die() { echo "slurm-local: error: $*" >&2; exit 1; }
+need_root() { [ "$(id -u)" -eq 0 ] || die "'$1' must run as root (try: sudo $0 $1)"; }
+
+# pid_of FILE: the PID in FILE if that process is alive, else nothing (and status 1)
+pid_of() {
+    local pid
+    [ -r "$1" ] || return 1
+    pid="$(tr -dc '0-9' <"$1")"
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+    echo "$pid"
+}
+
+# wait_for SECONDS WHAT CMD...: run CMD every 0.5 s until it succeeds, or fail after SECONDS
+wait_for() {
+    local secs="$1" what="$2" i
+    shift 2
+    for ((i = 0; i < secs * 2; i++)); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.5
+    done
+    return 1
+}
+
+node_state() { sinfo -h -o %T 2>/dev/null | head -n1; }
+node_ok() { case "$(node_state)" in idle | mixed | allocated | completing) return 0 ;; *) return 1 ;; esac; }
+munge_ok() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
+mysql_ok() { mysqladmin --defaults-file="$MYSQL_CNF" --connect-timeout=2 ping >/dev/null 2>&1; }
+dbd_ok() { pid_of "$DBD_PID" >/dev/null && sacctmgr -n -P show cluster format=cluster 2>/dev/null | grep -qx "$CLUSTER"; }
+ctld_ok() { pid_of "$CTLD_PID" >/dev/null && scontrol ping 2>/dev/null | grep -q 'UP'; }
+
+healthy() {
+    munge_ok && pid_of "$MYSQL_PID" >/dev/null && pid_of "$DBD_PID" >/dev/null &&
+        pid_of "$CTLD_PID" >/dev/null && pid_of "$SLURMD_PID" >/dev/null && node_ok
+}
+
+install_packages() {
+    local missing=() p
+    for p in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    say "installing ${missing[*]} (apt)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >"$STATE/apt.log" 2>&1 || { tail -n 20 "$STATE/apt.log" >&2; die "apt-get update failed (log: $STATE/apt.log)"; }
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >>"$STATE/apt.log" 2>&1 ||
+        { tail -n 20 "$STATE/apt.log" >&2; die "apt-get install failed (log: $STATE/apt.log)"; }
+}
+
+start_munge() {
+    if munge_ok; then return 0; fi
+    say "starting munged"
+    if [ ! -s /etc/munge/munge.key ]; then mungekey -c >/dev/null; fi
+    mkdir -p /etc/munge /var/lib/munge /var/log/munge /run/munge
+    chown -R munge:munge /etc/munge /var/lib/munge /var/log/munge /run/munge
+    chmod 700 /etc/munge
+    chmod 600 /etc/munge/munge.key
+    chmod 755 /run/munge
+    runuser -u munge -- /usr/sbin/munged --force
+    touch "$STATE/munged.ours"
+    wait_for 10 munge munge_ok || die "munged does not answer (log: /var/log/munge/munged.log)"
+}
+
+write_mysql_cnf() {
+    cat >"$MYSQL_CNF" <<EOF
+$MARK
+[mysqld]
+user=mysql
+datadir=$MYSQL_DIR/data
+socket=$MYSQL_DIR/mysqld.sock
+pid-file=$MYSQL_PID
+port=$DB_PORT
+bind-address=127.0.0.1
+skip-name-resolve
+innodb_buffer_pool_size=512M
+innodb_log_file_size=64M
+innodb_lock_wait_timeout=900
+[client]
+socket=$MYSQL_DIR/mysqld.sock
+user=root
+EOF
+}
+
+start_mysql() {
+    local pass="$1"
+    if ! pid_of "$MYSQL_PID" >/dev/null; then
+        write_mysql_cnf
+        mkdir -p "$MYSQL_DIR"
+        chown mysql:mysql "$MYSQL_DIR"
+        if [ ! -d "$MYSQL_DIR/data/mysql" ]; then
+            say "initialising MariaDB in $MYSQL_DIR/data"
+            mariadb-install-db --defaults-file="$MYSQL_CNF" --auth-root-authentication-method=socket \
+                --skip-test-db >"$STATE/mysql-install.log" 2>&1 ||
+                { tail -n 20 "$STATE/mysql-install.log" >&2; die "mariadb-install-db failed (log: $STATE/mysql-install.log)"; }
+        fi
+        say "starting MariaDB (127.0.0.1:$DB_PORT)"
+        setsid /usr/sbin/mariadbd --defaults-file="$MYSQL_CNF" </dev/null >>"$STATE/mysqld.log" 2>&1 &
+    fi
+    wait_for 60 mariadb mysql_ok || { tail -n 20 "$STATE/mysqld.log" >&2; die "MariaDB does not answer (log: $STATE/mysqld.log)"; }
+    mysql --defaults-file="$MYSQL_CNF" <<EOF || die "could not create the accounting database"
+CREATE DATABASE IF NOT EXISTS slurm_acct_db;
+CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY '$pass';
+CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '$pass';
+ALTER USER 'slurm'@'localhost' IDENTIFIED BY '$pass';
+ALTER USER 'slurm'@'127.0.0.1' IDENTIFIED BY '$pass';
+GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';
+GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';
+EOF
+}
+
+write_dbd_conf() {
+    local pass="$1"
+    umask 077
+    cat >"$DBD_CONF_FILE" <<EOF
+$MARK
+AuthType=auth/munge
+DbdHost=localhost
+SlurmUser=root
+LogFile=$STATE/slurmdbd.log
+PidFile=$DBD_PID
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort=$DB_PORT
+StorageUser=slurm
+StoragePass=$pass
+StorageLoc=slurm_acct_db
+EOF
+    umask 022
+    chown root:root "$DBD_CONF_FILE"
+    chmod 600 "$DBD_CONF_FILE"
+}
+
+start_dbd() {
+    if ! pid_of "$DBD_PID" >/dev/null; then
+        say "starting slurmdbd"
+        slurmdbd >>"$STATE/slurmdbd.log" 2>&1
+    fi
+    # slurmdbd creates its tables on the first start: retry until it answers
+    local i
+    for ((i = 0; i < 60; i++)); do
+        if sacctmgr -n -P show cluster format=cluster 2>/dev/null | grep -qx "$CLUSTER"; then return 0; fi
+        sacctmgr -i add cluster "$CLUSTER" >/dev/null 2>&1 || true
+        pid_of "$DBD_PID" >/dev/null || break
+        sleep 1
+    done
+    tail -n 20 "$STATE/slurmdbd.log" >&2 || true
+    die "slurmdbd does not answer or cluster '$CLUSTER' could not be added (log: $STATE/slurmdbd.log)"
+}
+
+# slurm.conf for this host: the node line comes from `slurmd -C` (real CPUs and RealMemory)
+write_slurm_conf() {
+    local host node cpus mem defmem
+    host="$(hostname -s)"
+    node="$(slurmd -C | head -n1)"
+    cpus="$(sed -n 's/.* CPUs=\([0-9]*\).*/\1/p' <<<"$node")"
+    mem="$(sed -n 's/.* RealMemory=\([0-9]*\).*/\1/p' <<<"$node")"
+    [ -n "$cpus" ] && [ -n "$mem" ] || die "could not read CPUs/RealMemory from 'slurmd -C': $node"
+    # without a default, a job that asks for no memory gets the whole node and runs alone
+    defmem=$((mem / cpus))
+    cat >"$SLURM_CONF_FILE.new" <<EOF
+$MARK
+ClusterName=$CLUSTER
+SlurmctldHost=$host(127.0.0.1)
+AuthType=auth/munge
+# a requeued job waits cred_expire seconds (Slurm's default 120) before it may start again: job
+# credentials of the old run stay revoked that long (see the comments at the top of the script)
+AuthInfo=cred_expire=$CRED_EXPIRE
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=$defmem
+ReturnToService=2
+SlurmUser=root
+StateSaveLocation=$STATE/ctld
+SlurmdSpoolDir=$STATE/d
+SlurmctldPidFile=$CTLD_PID
+SlurmdPidFile=$SLURMD_PID
+SlurmctldLogFile=$STATE/slurmctld.log
+SlurmdLogFile=$STATE/slurmd.log
+JobAcctGatherType=jobacct_gather/linux
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=localhost
+MpiDefault=none
+MailProg=/bin/true
+SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=2,bf_interval=2
+KillWait=5
+InactiveLimit=0
+MinJobAge=300
+NodeName=$host NodeAddr=127.0.0.1 ${node#NodeName=* } State=UNKNOWN
+PartitionName=$PARTITION Nodes=$host Default=YES MaxTime=INFINITE State=UP
+EOF
+    mv "$SLURM_CONF_FILE.new" "$SLURM_CONF_FILE"
+}
+
+start_ctld() {
+    if ! pid_of "$CTLD_PID" >/dev/null; then
+        say "starting slurmctld"
+        slurmctld >>"$STATE/slurmctld.log" 2>&1
+    fi
+    wait_for 30 slurmctld ctld_ok || { tail -n 20 "$STATE/slurmctld.log" >&2; die "slurmctld does not answer (log: $STATE/slurmctld.log)"; }
+}
+
+start_slurmd() {
+    if ! pid_of "$SLURMD_PID" >/dev/null; then
+        say "starting slurmd"
+        slurmd >>"$STATE/slurmd.log" 2>&1
+    fi
+    local i st
+    for ((i = 0; i < 120; i++)); do
+        st="$(node_state)"
+        case "$st" in
+        idle | mixed | allocated | completing) return 0 ;;
+        drain* | down*) if ((i % 10 == 9)); then scontrol update NodeName="$(hostname -s)" State=RESUME >/dev/null 2>&1 || true; fi ;;
+        esac
+        sleep 0.5
+    done
+    sinfo -R >&2 || true
+    tail -n 20 "$STATE/slurmd.log" >&2 || true
+    die "node not idle after 60 s (state: ${st:-?}; logs: $STATE/slurmd.log, $STATE/slurmctld.log)"
+}
+
+cmd_start() {
+    need_root start
+    mkdir -p "$STATE"
+    chmod 755 "$STATE"
+    if command -v slurmctld >/dev/null && [ -f "$MYSQL_CNF" ] && healthy; then
+        say "SLURM cluster '$CLUSTER' is already up and healthy (state: $STATE)"
+        exit 0
+    fi
+    local t0=$SECONDS
+    install_packages
+    if [ -f "$SLURM_CONF_FILE" ] && ! grep -qF "$MARK" "$SLURM_CONF_FILE" && [ "${FOCALEXP_SLURM_FORCE:-0}" != 1 ]; then
+        die "$SLURM_CONF_FILE exists and was not written by this script (set FOCALEXP_SLURM_FORCE=1 to overwrite it)"
+    fi
+    mkdir -p "$STATE/ctld" "$STATE/d" "$CONF_DIR"
+    local pass_file="$STATE/dbpass" pass
+    if [ ! -s "$pass_file" ]; then
+        (umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$pass_file")
+    fi
+    pass="$(cat "$pass_file")"
+    start_munge
+    start_mysql "$pass"
+    write_dbd_conf "$pass"
+    write_slurm_conf # sacctmgr (in start_dbd) reads it too
+    start_dbd
+    start_ctld
+    start_slurmd
+    say "SLURM cluster '$CLUSTER' is up in $((SECONDS - t0)) s: partition '$PARTITION', node $(hostname -s) $(node_state) (state and logs: $STATE)"
+    sinfo
+}
+
+# stop_pids NAME PIDFILE [NAME PIDFILE...]: SIGTERM to each live one, wait up to 15 s, then SIGKILL
+stop_pids() {
+    local pids=() pid i left
+    while [ $# -gt 0 ]; do
+        if pid="$(pid_of "$2")"; then
+            echo "stopping $1 (pid $pid)"
+            kill "$pid" 2>/dev/null || true
+            pids+=("$pid")
+        fi
+        shift 2
+    done
+    for ((i = 0; i < 60; i++)); do
+        left=0
+        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && left=1; done
+        [ "$left" -eq 0 ] && return 0
+        sleep 0.25
+    done
+    for pid in "${pids[@]}"; do
+        if kill -0 "$pid" 2>/dev/null; then
+            echo "pid $pid did not stop in 15 s: SIGKILL"
+            kill -9 "$pid" 2>/dev/null || true
+        fi
+    done
+}
+
+cmd_stop() {
+    need_root stop
+    local pid name
+    stop_pids slurmd "$SLURMD_PID" slurmctld "$CTLD_PID"
+    stop_pids slurmdbd "$DBD_PID"
+    # a daemon whose PID file is gone (state dir removed): match the exact process name
+    for name in slurmd slurmctld slurmdbd; do
+        for pid in $(pgrep -x "$name" || true); do
+            echo "stopping $name (pid $pid, no PID file)"
+            kill "$pid" 2>/dev/null || true
+        done
+    done
+    # munged only if this script started it (another cluster on this machine may use it)
+    if [ -f "$STATE/munged.ours" ]; then
+        stop_pids MariaDB "$MYSQL_PID" munged "$MUNGE_PID"
+        rm -f "$STATE/munged.ours"
+    else
+        stop_pids MariaDB "$MYSQL_PID"
+    fi
+    for pid in $(pgrep -f -- "--defaults-file=$MYSQL_CNF" || true); do
+        echo "stopping MariaDB (pid $pid, no PID file)"
+        kill "$pid" 2>/dev/null || true
+    done
+    say "SLURM cluster '$CLUSTER' stopped"
+}
+
+cmd_status() {
+    local ok=0 name file pid
+    for name in munged mariadb slurmdbd slurmctld slurmd; do
+        case "$name" in
+        munged) file="$MUNGE_PID" ;; mariadb) file="$MYSQL_PID" ;; slurmdbd) file="$DBD_PID" ;;
+        slurmctld) file="$CTLD_PID" ;; slurmd) file="$SLURMD_PID" ;;
+        esac
+        if pid="$(pid_of "$file")"; then
+            printf '  %-10s running (pid %s)\n' "$name" "$pid"
+        elif [ "$name" = munged ] && munge_ok; then
+            printf '  %-10s running\n' "$name"
+        else
+            printf '  %-10s NOT running\n' "$name"
+            ok=1
+        fi
+    done
+    if pid_of "$CTLD_PID" >/dev/null && sinfo 2>/dev/null; then
+        node_ok || { echo "node state: $(node_state)"; sinfo -R 2>/dev/null || true; ok=1; }
+    else
+        echo "  sinfo: slurmctld does not answer"
+        ok=1
+    fi
+    if [ "$ok" -eq 0 ]; then say "healthy (state: $STATE)"; else say "NOT healthy (logs: $STATE)"; fi
+    return "$ok"
+}
+
+case "${1:-}" in
+start) cmd_start ;;
+stop) cmd_stop ;;
+restart) cmd_stop && cmd_start ;;
+status) cmd_status ;;
+*)
+    echo "usage: $0 start|stop|status|restart   (state dir: \$FOCALEXP_SLURM_STATE, default /var/lib/focalexp-slurm)" >&2
+    exit 2
+    ;;
+esac

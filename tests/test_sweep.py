@@ -1,0 +1,315 @@
+"""Sweeps without a cluster: spec validation, grid expansion, local launcher, re-runs, crash safety,
+status, collect and report. (The real SLURM cluster is in test_slurm.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from focalexp.errors import ConfigError
+from focalexp.sweep import collect, counts, expand, launch, parse_spec, report, status
+from focalexp.sweep.job import claim_run, read_claim
+
+from .conftest import tiny_run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_spec(**over) -> dict:
+    base = tiny_run()
+    base.pop("seed")
+    base["train"]["threads"] = 1
+    spec = {"name": "tiny", "base": base, "grid": {"model.focal_levels": [1, 2]},
+            "launcher": {"cluster": "local", "cpus_per_task": 1, "timeout_min": 10}}
+    spec.update(over)
+    return spec
+
+
+def write_spec(tmp_path: Path, spec: dict, name: str = "spec.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return p
+
+
+def cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "focalexp", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout)
+
+
+# ------------------------------------------------------------------ spec and grid
+def test_grid_zip_exclude_seeds_expand_as_declared():
+    spec = parse_spec(tiny_spec(
+        grid={"model.focal_levels": [1, 2, 3], "train.lr": [1e-3, 2e-3]},
+        zip=[{"model.embed_dim": [16, 24], "model.depths": [[1, 1, 1], [1, 1, 2]]}],
+        exclude=[{"model.focal_levels": 3, "train.lr": [2e-3]}, {"model.embed_dim": 24, "model.focal_levels": 1}],
+        seeds=[0, 1]))
+    runs = expand(spec)
+    points = {(r.axes["model.focal_levels"], r.axes["train.lr"], r.axes["model.embed_dim"], r.seed) for r in runs}
+    # 3 x 2 x 2 combinations, minus (3, 2e-3, *) = 2, minus (1, *, 24) = 2 -> 8 points x 2 seeds
+    assert len(runs) == 16 and len(points) == 16
+    assert not any(lv == 3 and lr == 2e-3 for lv, lr, _, _ in points)
+    assert not any(lv == 1 and d == 24 for lv, _, d, _ in points)
+    for r in runs:  # zip: embed_dim and depths vary together
+        assert r.config["model"]["depths"] == ([1, 1, 1] if r.axes["model.embed_dim"] == 16 else [1, 1, 2])
+        assert r.config["seed"] == r.seed and r.config["train"]["lr"] == r.axes["train.lr"]
+    assert len({r.run_id for r in runs}) == 16
+    # ids are content hashes: the same spec gives the same ids, a different base different ones
+    assert [r.run_id for r in expand(spec)] == [r.run_id for r in runs]
+    other = parse_spec(tiny_spec(grid={"model.focal_levels": [1, 2, 3], "train.lr": [1e-3, 2e-3]},
+                                 zip=spec.zip, exclude=spec.exclude, seeds=[0, 1],
+                                 base={**tiny_spec()["base"], "train": {**tiny_spec()["base"]["train"], "epochs": 3}}))
+    assert not {r.run_id for r in expand(other)} & {r.run_id for r in runs}
+
+
+def test_operational_keys_do_not_change_run_ids():
+    a = expand(parse_spec(tiny_spec()))
+    s = tiny_spec()
+    s["base"]["train"]["threads"] = 2
+    s["base"]["data"]["workers"] = 1
+    assert [r.run_id for r in expand(parse_spec(s))] == [r.run_id for r in a]
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda s: s.update(grd={"model.focal_levels": [1]}), "unknown key 'grd' (did you mean 'grid'?)"),
+    (lambda s: s["grid"].update({"model.focal_levels": []}), "grid.model.focal_levels: the list is empty"),
+    (lambda s: s["grid"].update({"model.focal_levels": 3}), "grid.model.focal_levels: expected a list"),
+    (lambda s: s["grid"].update({"train.epoch": [1, 2]}), "grid axis 'train.epoch': unknown key 'train.epoch' "
+                                                           "(did you mean 'train.epochs'?)"),
+    (lambda s: s["grid"].update({"model.focal_level": [1, 2]}), "grid axis 'model.focal_level'"),
+    (lambda s: s["base"]["model"].update(preset="focalnet_t_sfr"), "model.preset: unknown model 'focalnet_t_sfr'; "
+                                                                    "closest: focalnet_t_srf"),
+    (lambda s: s["grid"].update({"model.focal_levels": [1, -1]}), "run [model.focal_levels=-1, seed=0]: model."
+                                                                  "focal_levels"),
+    (lambda s: s.update(seeds=[]), "seeds: the list is empty"),
+    (lambda s: s.update(seeds="0"), "seeds: expected a list"),
+    (lambda s: s["launcher"].update(cluster="slurmm"), "launcher.cluster: unknown value 'slurmm' (did you mean "
+                                                       "'slurm'?)"),
+    (lambda s: s["launcher"].update(timeout_min="1h"), "launcher.timeout_min: expected an integer"),
+    (lambda s: s["launcher"].update(partiton="gpu"), "unknown key 'launcher.partiton' (did you mean "
+                                                     "'launcher.partition'?)"),
+    (lambda s: s.update(zip=[{"train.lr": [1e-3, 2e-3], "train.epochs": [1]}]), "zip[0]: lists of different "
+                                                                                  "lengths"),
+    (lambda s: s.update(exclude=[{"train.lr": 1e-3}]), "exclude[0].train.lr: not an axis"),
+    (lambda s: s.update(exclude=[{"model.focal_levels": [1, 2]}]), "every combination is excluded"),
+    (lambda s: s.update(task="trian"), "task: unknown value 'trian' (did you mean 'train'?)"),
+    (lambda s: s.update(name="a b"), "name: 'a b' may hold only"),
+    (lambda s: s["grid"].update({"train.epochs": [2, 2]}), "resolves to the same config"),
+])
+def test_bad_specs_fail_in_one_line_naming_the_key(tmp_path, mutate, message):
+    spec = tiny_spec()
+    mutate(spec)
+    p = write_spec(tmp_path, spec)
+    r = cli("sweep", str(p), cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not (tmp_path / "sweeps").exists()  # nothing written, nothing submitted
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: x\ngrid:\n  model.focal_levels: [1, 2\nseeds: [0]\n")
+    r = cli("sweep", str(p), "--dry-run", cwd=tmp_path)
+    assert r.returncode == 2 and "bad.yaml:" in r.stderr and "malformed YAML" in r.stderr
+    line = int(r.stderr.split("bad.yaml:")[1].split(":")[0])
+    assert line in (3, 4)
+
+
+def test_set_overrides_any_part_of_the_spec(tmp_path):
+    p = write_spec(tmp_path, tiny_spec())
+    r = cli("sweep", str(p), "--dry-run", "--json", "--set", "grid.model.focal_levels=[0,3,4]",
+            "--set", "seeds=[0,5]", "--set", "base.train.epochs=1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    runs = json.loads(r.stdout)["runs"]
+    assert sorted({x["axes"]["model.focal_levels"] for x in runs}) == [0, 3, 4]
+    assert sorted({x["seed"] for x in runs}) == [0, 5] and len(runs) == 6
+    r = cli("sweep", str(p), "--dry-run", "--set", "launcher.nodez=2", cwd=tmp_path)
+    assert r.returncode == 2 and "launcher.nodes" in r.stderr
+
+
+@pytest.mark.parametrize("spec", sorted(p.name for p in (REPO / "experiments").glob("*.yaml")))
+def test_shipped_cpu_specs_validate(spec, tmp_path):
+    r = cli("sweep", str(REPO / "experiments" / spec), "--dry-run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "runs (" in r.stdout and not (tmp_path / "sweeps").exists()
+
+
+@pytest.mark.parametrize("spec", sorted(p.name for p in (REPO / "experiments" / "imagenet").glob("*.yaml")))
+def test_imagenet_specs_dry_run_without_data(spec, tmp_path):
+    env_free = {k: v for k, v in os.environ.items() if k != "IMAGENET_ROOT"}
+    r = subprocess.run([sys.executable, "-m", "focalexp", "sweep", str(REPO / "experiments" / "imagenet" / spec),
+                        "--dry-run"], capture_output=True, text=True, cwd=tmp_path, env=env_free, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "GPU-hours" in r.stdout and "1281167" in r.stdout
+    # submitting for real checks the data and says what is missing, in one line
+    r = subprocess.run([sys.executable, "-m", "focalexp", "sweep", str(REPO / "experiments" / "imagenet" / spec),
+                        "--cluster", "local"], capture_output=True, text=True, cwd=tmp_path, env=env_free, timeout=600)
+    assert r.returncode == 2 and "IMAGENET_ROOT" in r.stderr
+    assert not (tmp_path / "sweeps").exists()
+
+
+# ------------------------------------------------------------------ local launcher, end to end
+@pytest.fixture(scope="module")
+def local_sweep(tmp_path_factory):
+    """Three tiny runs (focal levels 1, 2 and one that diverges) through the local launcher."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    spec = tiny_spec(grid={"model.focal_levels": [1, 2], "train.lr": [2e-3, 1e12]},
+                     exclude=[{"model.focal_levels": 2, "train.lr": 1e12}])
+    p = write_spec(tmp, spec)
+    r = cli("sweep", str(p), "--dir", str(tmp / "sw"), cwd=tmp)
+    return tmp, p, r
+
+
+def test_local_sweep_runs_every_run_and_a_failure_takes_nothing_down(local_sweep):
+    tmp, _, r = local_sweep
+    assert r.returncode == 1, r.stdout + r.stderr  # one run failed
+    assert "submitted 3 (local)" in r.stdout
+    assert "failed: run" in r.stderr and "non-finite" in r.stderr.lower()
+    states = {(s.axes["model.focal_levels"], s.axes["train.lr"]): s for s in status(tmp / "sw")}
+    assert states[(1, 2e-3)].state == "done" and states[(2, 2e-3)].state == "done"
+    bad = states[(1, 1e12)]
+    assert bad.state == "failed" and "loss" in bad.reason
+    # the finished runs are complete; the failed one says what it kept
+    assert "no checkpoint was written yet" in bad.reason or "hold the last good state" in bad.reason
+    for key in ((1, 2e-3), (2, 2e-3)):
+        rd = tmp / "sw" / "runs" / states[key].run_id
+        lines = (rd / "metrics.jsonl").read_text().splitlines()
+        assert len(lines) == 2 and (rd / "best.pth").exists()
+
+
+def test_status_command_reports_the_failure_and_exits_1(local_sweep):
+    tmp, _, _ = local_sweep
+    r = cli("status", str(tmp / "sw"))
+    assert r.returncode == 1
+    assert "2 done, 1 failed" in r.stdout and "non-finite" in r.stdout.lower()
+    js = json.loads(cli("status", str(tmp / "sw"), "--json").stdout)
+    assert sorted(x["state"] for x in js) == ["done", "done", "failed"]
+
+
+def test_rerun_skips_finished_and_retry_failed_resubmits_only_the_failure(local_sweep):
+    tmp, p, _ = local_sweep
+    done_ids = [s.run_id for s in status(tmp / "sw") if s.state == "done"]
+    mtimes = {i: (tmp / "sw" / "runs" / i / "result.json").stat().st_mtime for i in done_ids}
+    r = cli("sweep", str(p), "--dir", str(tmp / "sw"))
+    assert "submitted 0" in r.stdout and "2 done" in r.stdout and "1 failed" in r.stdout
+    r = cli("sweep", str(p), "--dir", str(tmp / "sw"), "--retry-failed")
+    assert "submitted 1 (local)" in r.stdout and r.returncode == 1  # it diverges again, deterministically
+    for i in done_ids:  # finished runs untouched
+        assert (tmp / "sw" / "runs" / i / "result.json").stat().st_mtime == mtimes[i]
+    failed = [s for s in status(tmp / "sw") if s.state == "failed"][0]
+    assert list((tmp / "sw" / "runs" / failed.run_id).glob("result.failed*.json"))  # the old verdict kept aside
+    events = [json.loads(x) for x in (tmp / "sw" / "jobs.jsonl").read_text().splitlines()]
+    per_run = {}
+    for e in events:
+        if e["event"] == "submitted":
+            per_run[e["run_id"]] = per_run.get(e["run_id"], 0) + 1
+    assert sorted(per_run.values()) == [1, 1, 2]
+
+
+def test_collect_and_report(local_sweep):
+    tmp, _, _ = local_sweep
+    import pandas as pd
+
+    df = collect(tmp / "sw")
+    assert list(df.columns[:4]) == ["run_id", "model.focal_levels", "train.lr", "seed"]
+    assert len(df) == 3 and set(df["status"]) == {"done", "failed"}
+    assert df.loc[df["status"] == "done", "top1"].notna().all() and (df["params"] > 0).all()
+    back = pd.read_parquet(tmp / "sw" / "results.parquet")
+    assert len(back) == 3 and back["top1"].notna().sum() == 2
+    assert pd.read_csv(tmp / "sw" / "results.csv").shape == df.shape
+    files = report(tmp / "sw", formats=("png", "pdf"))
+    md = files["markdown"].read_text()
+    assert "| model.focal_levels | train.lr | top-1 (%)" in md and md.count("\n| ") == 3  # header + 2 done groups
+    assert r"\toprule" in files["latex"].read_text()
+    from PIL import Image
+    import numpy as np
+
+    for key in ("top1_vs_model_focal_levels.png", "top1_vs_gmacs.png"):
+        img = np.asarray(Image.open(files[key]).convert("L"), dtype=float)
+        assert img.std() > 10  # not blank
+    assert files["top1_vs_gmacs.pdf"].stat().st_size > 1000
+    r = cli("collect", str(tmp / "sw"), "--format", "csv")
+    assert r.returncode == 0 and r.stdout.splitlines()[0].startswith("run_id,model.focal_levels,train.lr,seed")
+
+
+# ------------------------------------------------------------------ crash safety, lock, claims
+def test_launcher_killed_mid_sweep_rerun_completes_every_run_once(tmp_path):
+    spec = tiny_spec(grid={"model.focal_levels": [1, 2, 3]})
+    spec["base"]["train"]["epochs"] = 3
+    spec["base"]["data"]["train_size"] = 512
+    spec["launcher"]["array_parallelism"] = 1
+    p = write_spec(tmp_path, spec)
+    sw = tmp_path / "sw"
+    proc = subprocess.Popen([sys.executable, "-m", "focalexp", "sweep", str(p), "--dir", str(sw)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill the launcher once the first run is under way
+        if any((d / "metrics.jsonl").exists() for d in (sw / "runs").glob("*")) if (sw / "runs").exists() else False:
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its local jobs die together, mid-run
+    proc.wait()
+    assert (sw / "sweep.json").exists()
+    before = {s.run_id: s.state for s in status(sw)}
+    assert "done" not in before.values() or list(before.values()).count("done") < 3
+    assert set(before.values()) <= {"stopped", "missing", "done", "failed"}, before
+    assert "failed" not in before.values(), before
+    r = cli("sweep", str(p), "--dir", str(sw))
+    assert r.returncode == 0, r.stdout + r.stderr
+    after = status(sw)
+    assert counts(after) == {"done": 3}
+    for s in after:  # each epoch recorded exactly once, the interrupted run resumed (not restarted)
+        epochs = [json.loads(x)["epoch"] for x in (sw / "runs" / s.run_id / "metrics.jsonl").read_text().splitlines()]
+        assert epochs == [1, 2, 3], (s.run_id, epochs)
+
+
+def test_second_launcher_on_the_same_dir_is_refused(tmp_path):
+    from focalexp.sweep.store import SweepDir, SweepLocked
+
+    sd = SweepDir(tmp_path / "sw")
+    with sd.lock():
+        spec = parse_spec(tiny_spec())
+        with pytest.raises(SweepLocked, match="another launcher"):
+            launch(spec, tmp_path / "sw")
+    assert not (tmp_path / "sw" / "sweep.json").exists()
+
+
+def test_a_live_claim_keeps_a_duplicate_job_out(tmp_path):
+    rd = tmp_path / "run"
+    rd.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (rd / "claim.json").write_text(json.dumps({"job_id": "other", "host": os.uname().nodename,
+                                                   "pid": holder.pid, "slurm": False}))
+        ok, who = claim_run(rd)
+        assert not ok and who["job_id"] == "other"
+        from focalexp.sweep.job import RunJob
+
+        out = RunJob()("train", tiny_run(), str(rd), {})
+        assert out["status"] == "duplicate" and not (rd / "result.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    ok, _ = claim_run(rd)  # a dead holder's claim is taken over
+    assert ok and read_claim(rd)["pid"] == os.getpid()
+
+
+# ------------------------------------------------------------------ measure task
+def test_measure_sweep_reports_params_gmacs_and_throughput(tmp_path):
+    spec = tiny_spec(task="measure", grid={"model.focal_levels": [1, 3]},
+                     measure={"batch_size": 4, "rounds": 2, "warmup": 1, "mode": "both"})
+    r = cli("sweep", str(write_spec(tmp_path, spec)), "--dir", str(tmp_path / "sw"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    df = collect(tmp_path / "sw")
+    assert (df["status"] == "done").all() and (df["images_per_s"] > 0).all() and (df["train_images_per_s"] > 0).all()
+    lv = df.set_index("model.focal_levels")
+    assert lv.loc[3, "params"] > lv.loc[1, "params"] and lv.loc[3, "gmacs"] > lv.loc[1, "gmacs"]
+    assert not any((tmp_path / "sw" / "runs" / i / "last.pth").exists() for i in df["run_id"])  # no training

@@ -10,9 +10,13 @@ setup:
 	@scripts/setup.sh
 
 demo: setup
-	$(VENV)/bin/focalexp flops --model focalnet_t_srf
+	$(VENV)/bin/focalexp sweep experiments/focal_levels.yaml --cluster local
 
+# As root, the SLURM tests get a real local cluster (installed and started by scripts/slurm-local.sh);
+# elsewhere they are skipped unless FOCALEXP_REQUIRE_SLURM=1 (CI), which makes a missing cluster fail.
 test: setup
+	@if [ "$$(id -u)" = 0 ] && [ -z "$${FOCALEXP_NO_SLURM:-}" ]; then scripts/slurm-local.sh start; \
+	else echo "==> not root: the SLURM tests will skip (sudo scripts/slurm-local.sh start gives a cluster)"; fi
 	$(PY) -m pytest
 
 test-fast: setup

@@ -1,0 +1,182 @@
+"""Sweeps on a real SLURM cluster (scripts/slurm-local.sh start): job arrays, a run that raises, a
+cancelled job, and a run requeued mid-training that resumes to the same result. No mocks.
+
+Skipped where no cluster answers; with FOCALEXP_REQUIRE_SLURM=1 (CI) a missing cluster is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from focalexp.sweep import collect, status
+
+from .conftest import tiny_run
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+
+def _cluster_up() -> str | None:
+    """None when a cluster answers with a usable node; else why not."""
+    if shutil.which("sinfo") is None or shutil.which("srun") is None:
+        return "no SLURM client on PATH (start one with: sudo scripts/slurm-local.sh start)"
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return "sinfo timed out"
+    states = out.stdout.split()
+    if out.returncode != 0 or not any(s.rstrip("*") in ("idle", "mixed", "allocated") for s in states):
+        return f"no usable SLURM node (sinfo: {out.stdout.strip() or out.stderr.strip()})"
+    return None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def slurm_cluster():
+    why = _cluster_up()
+    if why:
+        if os.environ.get("FOCALEXP_REQUIRE_SLURM") == "1":
+            pytest.fail(f"FOCALEXP_REQUIRE_SLURM=1 but {why}")
+        pytest.skip(why)
+
+
+def spec_for(grid: dict, **base_over) -> dict:
+    base = tiny_run(**base_over)
+    base.pop("seed")
+    base["train"].pop("threads", None)
+    return {"name": "slurm_test", "base": base, "grid": grid,
+            "launcher": {"cluster": "slurm", "cpus_per_task": 1, "timeout_min": 5, "mem_gb": 2}}
+
+
+def sweep_cli(tmp: Path, spec: dict, *extra: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    p = tmp / "spec.yaml"
+    p.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return subprocess.run([sys.executable, "-m", "focalexp", "sweep", str(p), "--dir", str(tmp / "sw"), *extra],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def wait_for(pred, timeout: float, every: float = 2.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(every)
+    raise AssertionError(f"condition not met in {timeout} s")
+
+
+def sacct_states(job_ids: list[str]) -> dict[str, str]:
+    out = subprocess.run(["sacct", "-X", "-P", "-n", "-j", ",".join(sorted({j.split('_')[0] for j in job_ids})),
+                          "--format", "JobID,State"], capture_output=True, text=True, timeout=30).stdout
+    return {ln.split("|")[0]: ln.split("|")[1] for ln in out.splitlines() if "|" in ln}
+
+
+def job_ids(sw: Path) -> list[str]:
+    return [json.loads(x)["job_id"] for x in (sw / "jobs.jsonl").read_text().splitlines()
+            if json.loads(x)["event"] == "submitted"]
+
+
+def test_sweep_is_one_job_array_returns_at_once_and_completes(tmp_path):
+    spec = spec_for({"model.focal_levels": [1, 2, 3]})
+    t0 = time.time()
+    r = sweep_cli(tmp_path, spec)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert time.time() - t0 < 60 and "submitted 3 (slurm)" in r.stdout
+    ids = job_ids(tmp_path / "sw")
+    arrays = {j.split("_")[0] for j in ids}
+    assert len(arrays) == 1 and sorted(j.split("_")[1] for j in ids) == ["0", "1", "2"]  # one array
+    # status answers at once while the jobs are queued or running
+    t0 = time.time()
+    early = status(tmp_path / "sw")
+    assert time.time() - t0 < 30
+    assert {s.state for s in early} <= {"queued", "running", "done"}
+    # the same spec again: nothing resubmitted, and --wait follows the sweep to its end
+    r = sweep_cli(tmp_path, spec, "--wait")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "submitted 0 (slurm)" in r.stdout and "3 done" in r.stdout
+    assert set(sacct_states(ids).values()) == {"COMPLETED"}
+    df = collect(tmp_path / "sw")
+    assert len(df) == 3 and (df["status"] == "done").all() and df["top1"].notna().all()
+
+
+def test_a_run_that_raises_and_a_cancelled_job_are_reported_without_hanging(tmp_path):
+    spec = spec_for({"train.device": ["cuda", "cpu"]}, train={"epochs": 30})
+    r = sweep_cli(tmp_path, spec)
+    assert r.returncode == 0, r.stdout + r.stderr
+    sw = tmp_path / "sw"
+    by_dev = {s.axes["train.device"]: s for s in status(sw)}
+    long_job = by_dev["cpu"].job_id
+    # cancel the long run once it trains
+    wait_for(lambda: (sw / "runs" / by_dev["cpu"].run_id / "metrics.jsonl").exists(), 240)
+    subprocess.run(["scancel", long_job], check=True, timeout=30)
+
+    def settled():
+        st = {s.axes["train.device"]: s for s in status(sw)}
+        return st if st["cuda"].state == "failed" and st["cpu"].state == "cancelled" else None
+
+    st = wait_for(settled, 180)
+    assert "no GPU" in st["cuda"].reason and st["cuda"].scheduler_state == "FAILED"
+    assert st["cuda"].log_tail  # the job's stderr tail comes with the failure
+    t0 = time.time()
+    r = subprocess.run([sys.executable, "-m", "focalexp", "status", str(sw)], capture_output=True, text=True,
+                       timeout=120)
+    assert time.time() - t0 < 60 and r.returncode == 1
+    assert "cancelled" in r.stdout and "failed" in r.stdout and "no GPU" in r.stdout
+    # --retry-failed resubmits both (and the cancelled one continues from its checkpoint)
+    r = sweep_cli(tmp_path, spec, "--retry-failed", "--set", "base.train.epochs=30")
+    assert "submitted 2 (slurm)" in r.stdout
+    for s in status(sw):
+        subprocess.run(["scancel", s.job_id], timeout=30)
+
+
+def test_requeued_mid_training_resumes_to_the_same_result(tmp_path):
+    run = {"epochs": 3, "checkpoint_every_steps": 2}
+    spec = spec_for({"model.focal_levels": [2]}, train=run, data={"train_size": 512, "val_size": 64})
+    r = sweep_cli(tmp_path, spec)
+    assert r.returncode == 0, r.stdout + r.stderr
+    sw = tmp_path / "sw"
+    (st,) = status(sw)
+    rd = sw / "runs" / st.run_id
+    wait_for(lambda: (rd / "metrics.jsonl").exists(), 240, every=0.5)  # mid-training: after epoch 1
+    # what SLURM sends before a time limit / on preemption (signal_delay_s): USR2 to the job's steps
+    subprocess.run(["scancel", "--signal=USR2", st.job_id], check=True, timeout=30)
+    wait_for(lambda: json.loads((rd / "result.json").read_text()).get("status") == "interrupted", 120, every=0.5)
+    seen = set()
+
+    def finished():
+        s = status(sw)[0]
+        seen.add(s.state)
+        return s if s.state in ("done", "failed") else None
+
+    final = wait_for(finished, 420)
+    assert final.state == "done", final.reason
+    assert seen & {"requeued", "queued", "running"}
+    info = subprocess.run(["scontrol", "show", "job", final.job_id], capture_output=True, text=True).stdout
+    restarts = [w for w in info.split() if w.startswith("Restarts=")]
+    assert not restarts or int(restarts[0].split("=")[1]) >= 1
+    epochs = [json.loads(x)["epoch"] for x in (rd / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+    # the same config trained without interruption, in this process, with the job's one thread
+    from focalexp.train.config import resolve_run_config
+    from focalexp.train.loop import train
+
+    cfg = resolve_run_config(json.loads((rd / "run.json").read_text())["config"])
+    cfg.train.threads = 1
+    threads = torch.get_num_threads()
+    try:
+        ref = train(cfg, tmp_path / "ref", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    got = json.loads((rd / "result.json").read_text())
+    assert got["top1"] == ref["top1"] and got["eval_loss"] == ref["eval_loss"]
+    a = torch.load(rd / "last.pth", weights_only=True)["model"]
+    b = torch.load(tmp_path / "ref" / "last.pth", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

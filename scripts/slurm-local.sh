@@ -16,9 +16,16 @@
 #   FOCALEXP_SLURM_FORCE=1  overwrite an /etc/slurm/slurm.conf that this script did not write
 #
 # The configuration goes to /etc/slurm/slurm.conf (sbatch, srun, sacct find it without SLURM_CONF), cluster
-# "focalexp", one partition "debug" (the default). It is tuned for fast tests: a requeued job restarts after
-# ~10 s instead of 120 s (AuthInfo=cred_expire=10), KillWait=5, and the schedulers run every few seconds.
-# Jobs keep their records (sacct) for good; slurmctld forgets finished jobs after MinJobAge=300 s (the default).
+# "focalexp", one partition "debug" (the default). Tuned for fast tests (measured with Slurm 22.05.8):
+# - Requeue: `scontrol requeue` sets the job's BeginTime to now + cred_expire (AuthInfo, default 120 s): slurmd
+#   keeps the old run's credential revoked that long. After BeginTime passes, only the periodic schedulers start
+#   the job (sched_interval 60 s, bf_interval 30 s by default), so a requeued job restarted ~170 s later.
+#   With AuthInfo=cred_expire=10 and SchedulerParameters=sched_interval=2,bf_interval=2: ~11 s.
+#   (`scontrol update JobId=X StartTime=now` issued in the same second as the requeue makes slurmd refuse the
+#   launch, "Job credential revoked", and the job ends FAILED; a few seconds later it works, but is racy.)
+# - KillWait=5 (SIGTERM to SIGKILL on cancel/time limit), DefMemPerCPU = RealMemory/CPUs (a job asking for no
+#   memory would otherwise take the whole node and run alone).
+# - MinJobAge stays 300 s (scontrol show job still knows finished jobs); sacct keeps every job for good.
 set -euo pipefail
 
 STATE="${FOCALEXP_SLURM_STATE:-/var/lib/focalexp-slurm}"
@@ -45,19 +52,23 @@ say() { echo "==> $*"; }
 die() { echo "slurm-local: error: $*" >&2; exit 1; }
 need_root() { [ "$(id -u)" -eq 0 ] || die "'$1' must run as root (try: sudo $0 $1)"; }
 
-# pid_of FILE: the PID in FILE if that process is alive, else nothing (and status 1)
+# pid_of FILE: the PID in FILE if that process is alive and is the daemon named after the file, else status 1
 pid_of() {
-    local pid
+    local pid comm want
     [ -r "$1" ] || return 1
     pid="$(tr -dc '0-9' <"$1")"
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+    [ -n "$pid" ] || return 1
+    comm="$(ps -p "$pid" -o comm= 2>/dev/null)" || return 1
+    want="$(basename "$1" .pid)"
+    case "$want" in mysqld) want=mariadbd ;; esac
+    [ "$comm" = "$want" ] || return 1 # a stale PID file whose number now belongs to another process
     echo "$pid"
 }
 
-# wait_for SECONDS WHAT CMD...: run CMD every 0.5 s until it succeeds, or fail after SECONDS
+# wait_for SECONDS CMD...: run CMD every 0.5 s until it succeeds, or fail after SECONDS
 wait_for() {
-    local secs="$1" what="$2" i
-    shift 2
+    local secs="$1" i
+    shift
     for ((i = 0; i < secs * 2; i++)); do
         if "$@" >/dev/null 2>&1; then return 0; fi
         sleep 0.5
@@ -69,7 +80,6 @@ node_state() { sinfo -h -o %T 2>/dev/null | head -n1; }
 node_ok() { case "$(node_state)" in idle | mixed | allocated | completing) return 0 ;; *) return 1 ;; esac; }
 munge_ok() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
 mysql_ok() { mysqladmin --defaults-file="$MYSQL_CNF" --connect-timeout=2 ping >/dev/null 2>&1; }
-dbd_ok() { pid_of "$DBD_PID" >/dev/null && sacctmgr -n -P show cluster format=cluster 2>/dev/null | grep -qx "$CLUSTER"; }
 ctld_ok() { pid_of "$CTLD_PID" >/dev/null && scontrol ping 2>/dev/null | grep -q 'UP'; }
 
 healthy() {
@@ -93,15 +103,15 @@ install_packages() {
 start_munge() {
     if munge_ok; then return 0; fi
     say "starting munged"
-    if [ ! -s /etc/munge/munge.key ]; then mungekey -c >/dev/null; fi
     mkdir -p /etc/munge /var/lib/munge /var/log/munge /run/munge
+    if [ ! -s /etc/munge/munge.key ]; then mungekey -c >/dev/null; fi
     chown -R munge:munge /etc/munge /var/lib/munge /var/log/munge /run/munge
     chmod 700 /etc/munge
     chmod 600 /etc/munge/munge.key
     chmod 755 /run/munge
     runuser -u munge -- /usr/sbin/munged --force
     touch "$STATE/munged.ours"
-    wait_for 10 munge munge_ok || die "munged does not answer (log: /var/log/munge/munged.log)"
+    wait_for 10 munge_ok || die "munged does not answer (log: /var/log/munge/munged.log)"
 }
 
 write_mysql_cnf() {
@@ -139,7 +149,7 @@ start_mysql() {
         say "starting MariaDB (127.0.0.1:$DB_PORT)"
         setsid /usr/sbin/mariadbd --defaults-file="$MYSQL_CNF" </dev/null >>"$STATE/mysqld.log" 2>&1 &
     fi
-    wait_for 60 mariadb mysql_ok || { tail -n 20 "$STATE/mysqld.log" >&2; die "MariaDB does not answer (log: $STATE/mysqld.log)"; }
+    wait_for 60 mysql_ok || { tail -n 20 "$STATE/mysqld.log" >&2; die "MariaDB does not answer (log: $STATE/mysqld.log)"; }
     mysql --defaults-file="$MYSQL_CNF" <<EOF || die "could not create the accounting database"
 CREATE DATABASE IF NOT EXISTS slurm_acct_db;
 CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY '$pass';
@@ -190,23 +200,22 @@ start_dbd() {
     die "slurmdbd does not answer or cluster '$CLUSTER' could not be added (log: $STATE/slurmdbd.log)"
 }
 
-# slurm.conf for this host: the node line comes from `slurmd -C` (real CPUs and RealMemory)
-write_slurm_conf() {
+# slurm.conf for this host on stdout: the node line comes from `slurmd -C` (real CPUs and RealMemory)
+gen_slurm_conf() {
     local host node cpus mem defmem
     host="$(hostname -s)"
     node="$(slurmd -C | head -n1)"
     cpus="$(sed -n 's/.* CPUs=\([0-9]*\).*/\1/p' <<<"$node")"
     mem="$(sed -n 's/.* RealMemory=\([0-9]*\).*/\1/p' <<<"$node")"
-    [ -n "$cpus" ] && [ -n "$mem" ] || die "could not read CPUs/RealMemory from 'slurmd -C': $node"
+    if [ -z "$cpus" ] || [ -z "$mem" ]; then die "could not read CPUs/RealMemory from 'slurmd -C': $node"; fi
     # without a default, a job that asks for no memory gets the whole node and runs alone
     defmem=$((mem / cpus))
-    cat >"$SLURM_CONF_FILE.new" <<EOF
+    cat <<EOF
 $MARK
 ClusterName=$CLUSTER
 SlurmctldHost=$host(127.0.0.1)
 AuthType=auth/munge
-# a requeued job waits cred_expire seconds (Slurm's default 120) before it may start again: job
-# credentials of the old run stay revoked that long (see the comments at the top of the script)
+# a requeued job waits cred_expire seconds (Slurm's default 120) before it may start again (see the top of the script)
 AuthInfo=cred_expire=$CRED_EXPIRE
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -234,6 +243,10 @@ MinJobAge=300
 NodeName=$host NodeAddr=127.0.0.1 ${node#NodeName=* } State=UNKNOWN
 PartitionName=$PARTITION Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
+}
+
+write_slurm_conf() {
+    gen_slurm_conf >"$SLURM_CONF_FILE.new"
     mv "$SLURM_CONF_FILE.new" "$SLURM_CONF_FILE"
 }
 
@@ -242,7 +255,7 @@ start_ctld() {
         say "starting slurmctld"
         slurmctld >>"$STATE/slurmctld.log" 2>&1
     fi
-    wait_for 30 slurmctld ctld_ok || { tail -n 20 "$STATE/slurmctld.log" >&2; die "slurmctld does not answer (log: $STATE/slurmctld.log)"; }
+    wait_for 30 ctld_ok || { tail -n 20 "$STATE/slurmctld.log" >&2; die "slurmctld does not answer (log: $STATE/slurmctld.log)"; }
 }
 
 start_slurmd() {
@@ -270,10 +283,18 @@ cmd_start() {
     chmod 755 "$STATE"
     if command -v slurmctld >/dev/null && [ -f "$MYSQL_CNF" ] && healthy; then
         say "SLURM cluster '$CLUSTER' is already up and healthy (state: $STATE)"
+        if ! gen_slurm_conf | cmp -s - "$SLURM_CONF_FILE"; then
+            say "note: $SLURM_CONF_FILE differs from the configuration this script would write now; '$0 restart' applies it"
+        fi
         exit 0
     fi
-    local t0=$SECONDS
+    local t0=$SECONDS name
     install_packages
+    for name in slurmctld slurmd slurmdbd; do
+        if ! pid_of "$STATE/$name.pid" >/dev/null && pgrep -x "$name" >/dev/null; then
+            die "a $name that this state dir ($STATE) did not start is running (pid $(pgrep -x "$name" | tr '\n' ' ')): stop it first"
+        fi
+    done
     if [ -f "$SLURM_CONF_FILE" ] && ! grep -qF "$MARK" "$SLURM_CONF_FILE" && [ "${FOCALEXP_SLURM_FORCE:-0}" != 1 ]; then
         die "$SLURM_CONF_FILE exists and was not written by this script (set FOCALEXP_SLURM_FORCE=1 to overwrite it)"
     fi
@@ -342,6 +363,9 @@ cmd_stop() {
         echo "stopping MariaDB (pid $pid, no PID file)"
         kill "$pid" 2>/dev/null || true
     done
+    if pgrep -x slurmstepd >/dev/null; then
+        echo "note: job steps still run (slurmstepd $(pgrep -x slurmstepd | tr '\n' ' ')); slurmd picks them up on start"
+    fi
     say "SLURM cluster '$CLUSTER' stopped"
 }
 
@@ -354,8 +378,8 @@ cmd_status() {
         esac
         if pid="$(pid_of "$file")"; then
             printf '  %-10s running (pid %s)\n' "$name" "$pid"
-        elif [ "$name" = munged ] && munge_ok; then
-            printf '  %-10s running\n' "$name"
+        elif { [ "$name" = munged ] && munge_ok; } || { [ "$name" = mariadb ] && mysql_ok; }; then
+            printf '  %-10s running (answers)\n' "$name"
         else
             printf '  %-10s NOT running\n' "$name"
             ok=1

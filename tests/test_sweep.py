@@ -143,16 +143,30 @@ def test_shipped_cpu_specs_validate(spec, tmp_path):
 
 
 @pytest.mark.parametrize("spec", sorted(p.name for p in (REPO / "experiments" / "imagenet").glob("*.yaml")))
-def test_imagenet_specs_dry_run_without_data(spec, tmp_path):
-    env_free = {k: v for k, v in os.environ.items() if k != "IMAGENET_ROOT"}
-    r = subprocess.run([sys.executable, "-m", "focalexp", "sweep", str(REPO / "experiments" / "imagenet" / spec),
-                        "--dry-run"], capture_output=True, text=True, cwd=tmp_path, env=env_free, timeout=600)
+def test_imagenet_specs_validate_without_data(spec, monkeypatch):
+    from focalexp.sweep import load_spec
+
+    monkeypatch.delenv("IMAGENET_ROOT", raising=False)
+    sp = load_spec(REPO / "experiments" / "imagenet" / spec)
+    runs = expand(sp, check_data_present=False)
+    assert runs and sp.launcher.gpus_per_node == 8 and sp.launcher.tasks_per_node == 8
+    for r in runs:
+        assert r.config["recipe"] == "imagenet_paper" and r.config["train"]["epochs"] == 300
+        assert r.config["model"]["num_classes"] == 1000 and r.config["data"]["root"] == "${IMAGENET_ROOT}"
+    with pytest.raises(ConfigError, match=r"data.root: environment variable \$IMAGENET_ROOT is not set"):
+        expand(sp)  # submitting for real checks the data
+
+
+def test_imagenet_dry_run_prints_compute_and_a_real_submission_names_the_missing_data(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "IMAGENET_ROOT"}
+    spec = str(REPO / "experiments" / "imagenet" / "components.yaml")
+    r = subprocess.run([sys.executable, "-m", "focalexp", "sweep", spec, "--dry-run"], capture_output=True,
+                       text=True, cwd=tmp_path, env=env, timeout=600)
     assert r.returncode == 0, r.stderr
-    assert "GPU-hours" in r.stdout and "1281167" in r.stdout
-    # submitting for real checks the data and says what is missing, in one line
-    r = subprocess.run([sys.executable, "-m", "focalexp", "sweep", str(REPO / "experiments" / "imagenet" / spec),
-                        "--cluster", "local"], capture_output=True, text=True, cwd=tmp_path, env=env_free, timeout=600)
-    assert r.returncode == 2 and "IMAGENET_ROOT" in r.stderr
+    assert "GPU-hours" in r.stdout and "1281167" in r.stdout and "focalnet_t_lrf_no_gating" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "focalexp", "sweep", spec, "--cluster", "local"],
+                       capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert r.returncode == 2 and "IMAGENET_ROOT" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "sweeps").exists()
 
 

@@ -286,6 +286,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         bar.n = done
         bar.refresh()
 
+    from .sweep.launcher import local_parallelism, resolve_cluster
+
+    if resolve_cluster(spec.launcher) == "local":
+        print(f"sweep {spec.name}: {len(runs)} runs, local processes, {local_parallelism(spec.launcher)} at a time "
+              f"(logs in {sweep_dir}/logs; Ctrl-C stops them with a checkpoint, the same command continues)",
+              file=sys.stderr, flush=True)
     try:
         out = launch(spec, sweep_dir, runs=runs, retry_failed=args.retry_failed, progress=progress)
     finally:

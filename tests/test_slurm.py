@@ -84,15 +84,20 @@ def job_ids(sw: Path) -> list[str]:
             if json.loads(x)["event"] == "submitted"]
 
 
-def test_sweep_is_one_job_array_returns_at_once_and_completes(tmp_path):
+def test_sweep_is_job_arrays_split_at_max_size_returns_at_once_and_completes(tmp_path):
     spec = spec_for({"model.focal_levels": [1, 2, 3]})
+    spec["launcher"]["max_array_size"] = 2  # the cluster's MaxArraySize is 1001; split as if it were 2
     t0 = time.time()
     r = sweep_cli(tmp_path, spec)
     assert r.returncode == 0, r.stdout + r.stderr
     assert time.time() - t0 < 60 and "submitted 3 (slurm)" in r.stdout
     ids = job_ids(tmp_path / "sw")
-    arrays = {j.split("_")[0] for j in ids}
-    assert len(arrays) == 1 and sorted(j.split("_")[1] for j in ids) == ["0", "1", "2"]  # one array
+    groups: dict[str, list[str]] = {}
+    for j in ids:
+        groups.setdefault(j.split("_")[0], []).append(j)
+    # split in two: an array of 2 tasks (A_0, A_1) and the remaining run (submitit sends one alone as a job)
+    assert sorted(len(v) for v in groups.values()) == [1, 2]
+    assert sorted(j.split("_")[1] for v in groups.values() if len(v) == 2 for j in v) == ["0", "1"]
     # status answers at once while the jobs are queued or running
     t0 = time.time()
     early = status(tmp_path / "sw")

@@ -157,12 +157,16 @@ def _figures(df, keys: list[str], metrics: list[str], out: Path, formats: tuple[
     if "top1" in metrics and "gmacs" in metrics:
         fig, ax = plt.subplots(figsize=(4.8, 3.4))
         label_keys = [k for k in keys if k != "seed"]
-        mean = done.groupby(label_keys or ["seed"], sort=False, dropna=False)[["top1", "gmacs"]].mean().reset_index()
-        sns.scatterplot(data=done, x="gmacs", y="top1", ax=ax, alpha=0.35, color="C0", label="one seed")
-        ax.plot(mean["gmacs"], mean["top1"], "o", color="C3", label="mean over seeds")
-        for _, r in mean.iterrows():
-            ax.annotate(", ".join(f"{k.split('.')[-1]}={r[k]}" for k in label_keys), (r["gmacs"], r["top1"]),
+        mean = done.groupby(label_keys or ["seed"], sort=False, dropna=False)[["top1", "gmacs"]].mean()
+        several = done["seed"].nunique() > 1
+        if several:
+            sns.scatterplot(data=done, x="gmacs", y="top1", ax=ax, alpha=0.35, color="C0", label="one seed")
+        ax.plot(mean["gmacs"], mean["top1"], "o", color="C3", label="mean over seeds" if several else "one run")
+        for idx, r in mean.iterrows():
+            idx = idx if isinstance(idx, tuple) else (idx,)
+            ax.annotate(", ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(label_keys, idx)), (r["gmacs"], r["top1"]),
                         textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.margins(x=0.2, y=0.1)
         ax.set_xlabel("GMACs per image (fvcore)")
         ax.set_ylabel(METRICS["top1"])
         ax.set_title(f"{df.attrs['name']}: accuracy vs compute")

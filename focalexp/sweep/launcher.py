@@ -153,13 +153,16 @@ def submit_runs(spec: SweepSpec, sweep: SweepDir, runs: list[Run], cluster: str,
     for r in runs:
         _prepare_retry(sweep, r)
     if cluster == "slurm":
+        import submitit
+
         jobs: list[Any] = []
         chunk = max_array_size(spec.launcher)
         for i in range(0, len(runs), chunk):
             part = runs[i:i + chunk]
             for r in part:
                 sweep.record(event="submitting", run_id=r.run_id, cluster=cluster)
-            with ex.batch():
+            # sbatch hands the caller's environment to the job: SLURM_* of an enclosing job would leak in
+            with submitit.helpers.clean_env(), ex.batch():
                 part_jobs = [ex.submit(RunJob(), *args(r)) for r in part]
             for r, j in zip(part, part_jobs):
                 sweep.record(**_job_event(j, r, cluster))
@@ -183,6 +186,8 @@ def submit_runs(spec: SweepSpec, sweep: SweepDir, runs: list[Run], cluster: str,
 
 
 def _local_throttled(ex, sweep: SweepDir, runs: list[Run], args, parallel: int, progress) -> list[Any]:
+    import submitit
+
     pending = list(runs)
     active: list[Any] = []
     finished: list[Any] = []
@@ -191,7 +196,8 @@ def _local_throttled(ex, sweep: SweepDir, runs: list[Run], args, parallel: int, 
             while pending and len(active) < parallel:
                 r = pending.pop(0)
                 sweep.record(event="submitting", run_id=r.run_id, cluster="local")
-                j = ex.submit(RunJob(), *args(r))
+                with submitit.helpers.clean_env():  # a sweep launched from inside a job stays local
+                    j = ex.submit(RunJob(), *args(r))
                 sweep.record(**_job_event(j, r, "local"))
                 active.append(j)
             time.sleep(0.5)

@@ -301,7 +301,9 @@ class Trainer:
                                   (top == y[:, None]).any(1).sum().item(), len(y)], dtype=torch.float64)
         sums = all_reduce_sum(sums.to(self.device), self.dist).cpu()
         n = max(sums[3].item(), 1.0)
-        return {"eval_loss": sums[0].item() / n, "top1": 100 * sums[1].item() / n, "top5": 100 * sums[2].item() / n}
+        # top-5 says nothing with 5 classes or fewer (always 100): reported as None then
+        top5 = 100 * sums[2].item() / n if self.data.num_classes > 5 else None
+        return {"eval_loss": sums[0].item() / n, "top1": 100 * sums[1].item() / n, "top5": top5}
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)

@@ -236,7 +236,9 @@ def _bar(total: int, desc: str):
 
 
 def _axis_cell(v: Any) -> str:
-    return json.dumps(v, separators=(",", ":")) if isinstance(v, (list, dict)) else str(v)
+    from .sweep.collect import axis_cell
+
+    return str(axis_cell(v))
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

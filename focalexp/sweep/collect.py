@@ -20,7 +20,7 @@ METRICS = {
 _SCALE = {"params": 1e-6}
 
 
-def _cell(v: Any) -> Any:
+def axis_cell(v: Any) -> Any:
     """Axis values as table cells: lists and mappings become compact text (Parquet needs one type)."""
     if isinstance(v, (list, tuple, dict)):
         return json.dumps(v, separators=(",", ":"))
@@ -39,7 +39,7 @@ def collect(sweep_dir: str | Path, write: bool = True):
     for entry in manifest["runs"]:
         res = sweep.result(entry["run_id"]) or {}
         row: dict[str, Any] = {"run_id": entry["run_id"]}
-        row.update({k: _cell(v) for k, v in entry["axes"].items()})
+        row.update({k: axis_cell(v) for k, v in entry["axes"].items()})
         row["seed"] = entry["seed"]
         row["status"] = res.get("status", "missing")
         row["reason"] = res.get("reason", "")
@@ -148,12 +148,7 @@ def _figures(df, keys: list[str], metrics: list[str], out: Path, formats: tuple[
         ax.set_ylabel(METRICS[primary])
         ax.set_title(f"{df.attrs['name']}: {METRICS[primary]} vs {axis}" + (" (mean ± sd over seeds)"
                                                                            if done["seed"].nunique() > 1 else ""))
-        fig.tight_layout()
-        for fmt in formats:
-            p = out / f"{primary}_vs_{axis.replace('.', '_')}.{fmt}"
-            fig.savefig(p, dpi=150)
-            files[p.stem + "." + fmt] = p
-        plt.close(fig)
+        files.update(_save(fig, out / f"{primary}_vs_{axis.replace('.', '_')}", formats))
     if "top1" in metrics and "gmacs" in metrics:
         fig, ax = plt.subplots(figsize=(4.8, 3.4))
         label_keys = [k for k in keys if k != "seed"]
@@ -171,10 +166,19 @@ def _figures(df, keys: list[str], metrics: list[str], out: Path, formats: tuple[
         ax.set_ylabel(METRICS["top1"])
         ax.set_title(f"{df.attrs['name']}: accuracy vs compute")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        for fmt in formats:
-            p = out / f"top1_vs_gmacs.{fmt}"
-            fig.savefig(p, dpi=150)
-            files[p.stem + "." + fmt] = p
-        plt.close(fig)
+        files.update(_save(fig, out / "top1_vs_gmacs", formats))
+    return files
+
+
+def _save(fig, stem: Path, formats: tuple[str, ...]) -> dict[str, Path]:
+    """Save ``fig`` as ``stem.<fmt>`` for every format, close it; file name -> path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    files = {}
+    for fmt in formats:
+        p = stem.with_name(f"{stem.name}.{fmt}")
+        fig.savefig(p, dpi=150)
+        files[p.name] = p
+    plt.close(fig)
     return files

@@ -60,7 +60,7 @@ def local_parallelism(lc: LauncherConfig) -> int:
     return max(1, cores // (lc.cpus_per_task or cores))
 
 
-def task_settings(spec: SweepSpec, cluster: str) -> dict[str, Any]:
+def task_settings(spec: SweepSpec) -> dict[str, Any]:
     lc = spec.launcher
     threads = lc.cpus_per_task
     if spec.task == "measure":
@@ -145,7 +145,7 @@ def submit_runs(spec: SweepSpec, sweep: SweepDir, runs: list[Run], cluster: str,
     """Submit ``runs``; SLURM: arrays (split at MaxArraySize), returns at once. Local: at most
     ``array_parallelism`` at a time, returns when all ended. Debug: one after another, in-process."""
     ex = make_executor(spec, sweep, cluster)
-    settings = task_settings(spec, cluster)
+    settings = task_settings(spec)
 
     def args(r: Run) -> tuple:
         return (r.task, r.config, str(sweep.run_dir(r.run_id).resolve()), settings)
@@ -214,14 +214,6 @@ def _local_throttled(ex, sweep: SweepDir, runs: list[Run], args, parallel: int, 
             time.sleep(0.5)
         raise
     return finished
-
-
-def describe_runs(runs: list[Run], states: dict[str, RunState] | None = None) -> list[dict[str, Any]]:
-    rows = []
-    for r in runs:
-        st = (states or {}).get(r.run_id)
-        rows.append({"run_id": r.run_id, **r.axes, "seed": r.seed, "state": st.state if st else "missing"})
-    return rows
 
 
 def current_states(sweep: SweepDir) -> dict[str, RunState]:

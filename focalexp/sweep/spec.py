@@ -91,12 +91,12 @@ class Run:
 
     @property
     def label(self) -> str:
-        parts = [f"{k}={_short(v)}" for k, v in self.axes.items()]
-        return ", ".join(parts + [f"seed={self.seed}"])
+        return run_label(self.axes, self.seed)
 
 
-def _short(v: Any) -> str:
-    return str(v).replace(" ", "")
+def run_label(axes: Mapping[str, Any], seed: int) -> str:
+    """``model.focal_levels=2, seed=0``: how errors and tables name a run."""
+    return ", ".join([f"{k}={str(v).replace(' ', '')}" for k, v in axes.items()] + [f"seed={seed}"])
 
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -215,7 +215,7 @@ def expand(spec: SweepSpec, *, check_data_present: bool = True) -> list[Run]:
     for point in points:
         for seed in spec.seeds:
             overrides = {**point, "seed": seed}
-            label = ", ".join([f"{k}={_short(v)}" for k, v in point.items()] + [f"seed={seed}"])
+            label = run_label(point, seed)
             try:
                 cfg = resolve_run_config(base, overrides, check_data_present=check_data_present)
             except FocalexpError as e:

@@ -25,17 +25,8 @@ from typing import Any, Iterator
 import yaml
 
 from ..errors import FocalexpError
+from ..fileio import atomic_write_text
 from .spec import Run, SweepSpec, axis_keys
-
-
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class SweepLocked(FocalexpError):
@@ -95,11 +86,11 @@ class SweepDir:
     def write_manifest(self, spec: SweepSpec, runs: list[Run], cluster: str) -> None:
         from ..configtools import to_plain
 
-        atomic_write(self.path / "spec.yaml", yaml.safe_dump(to_plain(spec), sort_keys=False))
+        atomic_write_text(self.path / "spec.yaml", yaml.safe_dump(to_plain(spec), sort_keys=False))
         for r in runs:
             rd = self.run_dir(r.run_id)
             if not (rd / "run.json").exists():
-                atomic_write(rd / "run.json", json.dumps(
+                atomic_write_text(rd / "run.json", json.dumps(
                     {"run_id": r.run_id, "task": r.task, "axes": r.axes, "seed": r.seed, "config": r.config},
                     indent=1))
         manifest = {
@@ -107,7 +98,7 @@ class SweepDir:
             "axes": axis_keys(spec), "updated": time.time(),
             "runs": [{"run_id": r.run_id, "axes": r.axes, "seed": r.seed} for r in runs],
         }
-        atomic_write(self.manifest_path, json.dumps(manifest, indent=1))
+        atomic_write_text(self.manifest_path, json.dumps(manifest, indent=1))
 
     def manifest(self) -> dict[str, Any]:
         if not self.exists():

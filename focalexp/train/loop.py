@@ -36,6 +36,7 @@ import yaml
 from ..errors import ConfigError, FocalexpError
 from ..models.checkpoint import atomic_save, read_state, save_model
 from .config import RunConfig
+from ..fileio import atomic_write_text
 from .distributed import DistInfo, all_reduce_sum, barrier, setup_distributed, teardown
 
 RUN_FORMAT = "focalexp-run"
@@ -50,12 +51,6 @@ class RunInterrupted(Exception):
 
 
 # ---------------------------------------------------------------------------- small helpers
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 

@@ -1,0 +1,1 @@
+"""Datasets: the built-in Pathfinder-lite task, ImageFolder and CIFAR from a local root."""

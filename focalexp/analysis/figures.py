@@ -55,11 +55,13 @@ def plot_map_panels(
     title: str | None = None,
     shared_scale: bool = False,
     cmap: str = "viridis",
+    markers: Mapping[str, tuple[float, float]] | None = None,
     out: str | os.PathLike | None = None,
 ):
     """One row per image: the image, then one panel per entry of ``columns`` (each ``(B, h, w)``).
 
-    Returns the matplotlib figure (also saved to ``out`` when given).
+    ``markers`` puts a cross on a column's panels at ``(y, x)`` given as fractions of the image (for
+    example the query token of an attention map). Returns the matplotlib figure (also saved to ``out``).
     """
     plt = _mpl()
     B, H, W = display.shape[:3]
@@ -79,6 +81,9 @@ def plot_map_panels(
         for j, (name, arr) in enumerate(ups.items(), start=1):
             ax = axes[b, j]
             im = ax.imshow(arr[b], cmap=cmap, vmin=vmin, vmax=vmax)
+            if markers and name in markers:
+                fy, fx = markers[name]
+                ax.plot([fx * W - 0.5], [fy * H - 0.5], marker="+", color="red", markersize=12, mew=2)
             if not shared_scale:
                 fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
         if b == 0:

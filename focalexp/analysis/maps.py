@@ -393,6 +393,19 @@ def vit_attention_maps(
     return {"rollout": roll_map, "cls": cls_map}
 
 
+def query_token(query: tuple[float, float], grid: tuple[int, int]) -> tuple[int, int]:
+    """The token at ``query`` (fractions of the map, ``(0.5, 0.5)`` = centre) on a ``grid`` of tokens."""
+    if not all(0.0 <= q <= 1.0 for q in query):
+        raise ConfigError(f"query: expected fractions of the map in [0, 1], got {tuple(query)}")
+    return min(grid[0] - 1, int(query[0] * grid[0])), min(grid[1] - 1, int(query[1] * grid[1]))
+
+
+def query_marker(query: tuple[float, float], grid: tuple[int, int]) -> tuple[float, float]:
+    """Where the centre of the query token lies, as fractions of the image (for a figure's cross)."""
+    qy, qx = query_token(query, grid)
+    return (qy + 0.5) / grid[0], (qx + 0.5) / grid[1]
+
+
 def swin_window_attention(
     model: nn.Module,
     images: torch.Tensor,
@@ -428,8 +441,7 @@ def swin_window_attention(
     sh, sw = blk.shift_size
     Hp, Wp = math.ceil(H / wh) * wh, math.ceil(W / ww) * ww
     n_win = (Hp // wh) * (Wp // ww)
-    qy = min(H - 1, int(query[0] * H))
-    qx = min(W - 1, int(query[1] * W))
+    qy, qx = query_token(query, (H, W))
     ry, rx = (qy - sh) % H, (qx - sw) % W  # position in the rolled map
     wy, wx = ry // wh, rx // ww
     widx = wy * (Wp // ww) + wx

@@ -62,7 +62,12 @@ def build_focalnet(name: str | None, checkpoint: str | os.PathLike | None = None
     if name is not None:
         try:
             canonical_name(name)
-        except UnknownNameError:
+        except UnknownNameError as err:
+            import timm
+
+            if not timm.is_model(name.partition("=")[0]):
+                raise UnknownNameError(str(err).replace("(see `focalexp models`)",
+                                                        "(see `focalexp models`; timm model names work too)")) from None
             return build_timm(name, ckpt)
     model = create_model(name, checkpoint=ckpt, **overrides)
     label = name or f"focalnet from {ckpt.name}"
@@ -170,7 +175,7 @@ def render(
                                out=out)
     else:  # compare
         names = list(baselines) if baselines else list(DEFAULT_BASELINES)
-        cols = {}
+        cols, markers = {}, {}
         fm = maps.modulation_maps(vm.model, x, [-1])
         cols[f"{vm.label}: modulator, last block"] = next(iter(fm.values())).modulator
         captions = [vm.caption]
@@ -182,11 +187,14 @@ def render(
                 cols[f"{bm.label}: attention rollout"] = att["rollout"]
                 cols[f"{bm.label}: last-block CLS attention"] = att["cls"]
             elif hasattr(bm.model, "layers"):
-                cols[f"{bm.label}: window attention, centre query"] = maps.swin_window_attention(bm.model, x)
+                key = f"{bm.label}: window attention, centre query"
+                cols[key] = maps.swin_window_attention(bm.model, x)
+                markers[key] = maps.query_marker((0.5, 0.5), tuple(cols[key].shape[-2:]))
             else:
                 raise ConfigError(f"--baseline: '{b}' is neither a timm ViT nor a timm Swin")
-        cols = {k.replace(": ", ":\n", 1): v for k, v in cols.items()}
-        fig = figures.plot_map_panels(batch.display, cols, row_labels=batch.names, shared_scale=False,
+        wrap = lambda k: k.replace(": ", ":\n", 1)  # noqa: E731
+        fig = figures.plot_map_panels(batch.display, {wrap(k): v for k, v in cols.items()},
+                                      row_labels=batch.names, markers={wrap(k): v for k, v in markers.items()},
                                       title="; ".join(captions), out=out)
     import matplotlib.pyplot as plt
 

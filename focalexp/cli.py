@@ -10,7 +10,7 @@ import json
 import sys
 from typing import Any, Callable, Sequence
 
-from .errors import FocalexpError
+from .errors import ConfigError, FocalexpError
 
 EXAMPLES = {
     "train": "focalexp train --out runs/demo                      # cpu_small recipe: focalnet_micro on Pathfinder\n"
@@ -26,8 +26,16 @@ EXAMPLES = {
     "collect": "focalexp collect sweeps/focal_levels\n  focalexp collect sweeps/focal_levels --format csv",
     "report": "focalexp report sweeps/focal_levels",
     "models": "focalexp models\n  focalexp models --kind paper --json",
+    "viz": "focalexp viz --model focalnet_t_srf --checkpoint focalnet_tiny_srf.pth --what modulator --out mod.png\n"
+    "  focalexp viz --checkpoint runs/demo/best.pth --what gates --img-size 64 --out gates.pdf\n"
+    "  focalexp viz --model focalnet_t_srf --what erf --levels 1 2 3 4 --out erf.png\n"
+    "  focalexp viz --model focalnet_t_srf --what compare --baseline swin_tiny_patch4_window7_224=swin.pth --out cmp.png",
     "flops": "focalexp flops --model focalnet_t_srf\n  focalexp flops --model focalnet_t_lrf --set focal_levels=4 "
     "--by module --depth 2\n  focalexp flops --model focalnet_b_srf --img-size 384 --json",
+    "bench": "focalexp bench --model focalnet_t_srf --model swin_tiny_patch4_window7_224 --batch-size 4 --rounds 3\n"
+    "  focalexp bench --model focalnet_t_srf --model focalnet_t_lrf --model convnext_tiny --device cuda   # batch 128\n"
+    "  focalexp bench --model focalnet_micro --set focal_levels=3 --model resnet18 --img-size 64 --mode both --json\n"
+    "  focalexp bench --model focalnet_t_srf --model focalnet_t_srf --rounds 7 --format csv   # A/A: noise floor",
 }
 
 
@@ -185,6 +193,57 @@ def cmd_flops(args: argparse.Namespace) -> int:
         print(f"\nnot counted in the papers' convention: {total:.4f} GMACs ({ops})")
     print("unsupported ops (no handle; counted nowhere): " + (
         ", ".join(f"{k} x{v}" for k, v in rep.unsupported.items()) if rep.unsupported else "none"))
+    return 0
+
+
+# ---------------------------------------------------------------------------- bench
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .analysis.bench import MEM_SHORT, run_bench
+    from .overrides import parse_set_args
+
+    progress = (lambda s: print(f"  {s}", file=sys.stderr, flush=True)) if sys.stderr.isatty() else None
+    rep = run_bench(
+        args.model, overrides=parse_set_args(args.set), batch_size=args.batch_size, img_size=args.img_size,
+        precision=args.precision, channels_last=args.channels_last, compile=args.compile, mode=args.mode,
+        device=args.device, rounds=args.rounds, warmup=args.warmup, steps_per_round=args.steps,
+        threads=args.threads, progress=progress,
+    )
+    fmt = "json" if args.json else args.format
+    if fmt == "json":
+        print(json.dumps(rep.to_dict(), indent=2))
+        return 0
+    if fmt == "csv":
+        import csv
+
+        rows = rep.rows()
+        w = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        return 0
+    e = rep.env
+    print(f"{e['device']} ({e['device_name']}), threads {e['threads']}, {e['precision']}"
+          f"{', channels_last' if e['channels_last'] else ''}{', torch.compile' if e['compile'] else ''}, "
+          f"batch {e['batch_size']}; torch {e['torch']}, timm {e['timm']}"
+          + (f", CUDA {e['cuda']}, TF32 matmul {'on' if e['tf32_matmul'] else 'off'}" if e["cuda"] else ""))
+    print(f"{e['rounds']} interleaved rounds x {e['steps_per_round']} step(s) per model, after {e['warmup']} "
+          "warm-up step(s)\n")
+    kind = MEM_SHORT.get(e["memory_kind"], "n/a")
+    rows = []
+    for r in rep.results:
+        ratio = "1.00x" if r.name == e["baseline"] else f"{r.ratio:.2f}x ({r.ratio_q1:.2f}-{r.ratio_q3:.2f})"
+        rows.append([
+            r.name, r.mode, str(r.img_size),
+            f"{r.median:.1f} [{min(r.images_per_s):.1f}-{max(r.images_per_s):.1f}]", f"{r.step_ms:.1f}",
+            "-" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.{1 if r.peak_mem_mb < 10 else 0}f}",
+            _fmt_m(r.params), _fmt_g(r.gmacs), ratio,
+        ])
+    print(_table(rows, ["model", "mode", "res", "img/s median [min-max]", "step ms", f"peak MB ({kind})",
+                        "params M", "GMACs", "speed ratio"]))
+    print(f"\npeak MB: {e['memory_meaning']}.\nGMACs: per image, the papers' convention (fvcore; element-wise ops "
+          f"not counted).\nspeed ratio: images/s relative to {e['baseline']}, median (quartiles) of the "
+          "round-by-round ratios.")
+    for name, err in e["flops_errors"].items():
+        print(f"GMACs of {name} not counted: {err}")
     return 0
 
 
@@ -401,6 +460,34 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- viz
+def cmd_viz(args: argparse.Namespace) -> int:
+    from .analysis.figures import check_figure_path
+    from .analysis.viz import build_focalnet, render
+    from .overrides import parse_set_args
+
+    out = check_figure_path(args.out)
+    for img in args.image or ():
+        from pathlib import Path
+
+        if not Path(img).is_file():
+            raise ConfigError(f"--image: no such file '{img}'")
+    if args.levels and args.what != "erf":
+        raise ConfigError("--levels: applies to --what erf only")
+    if any(L < 0 for L in args.levels or ()):
+        raise ConfigError(f"--levels: expected focal levels >= 0, got {args.levels}")
+    vm = build_focalnet(args.model, args.checkpoint, parse_set_args(args.set))
+    if args.levels and getattr(vm.model, "config", None) is None:
+        raise ConfigError("--levels: needs a focalexp FocalNet model (a preset), not a timm model")
+    blocks = None
+    if args.block:
+        blocks = [int(b) if b.lstrip("-").isdigit() else b for b in args.block]
+    path = render(args.what, vm, out=out, images=args.image, img_size=args.img_size, blocks=blocks,
+                  levels=args.levels, baselines=args.baseline, shared_scale=args.shared_scale)
+    print(f"{args.what}: {vm.caption} -> {path}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="focalexp", description="Focal Modulation Network experiments and ablations.")
@@ -428,6 +515,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by", choices=["module", "operator"], help="add a per-module or per-operator breakdown")
     p.add_argument("--depth", type=int, default=2, help="module depth of the breakdown (default 2)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = add("bench", cmd_bench, "Throughput (images/s), step time, peak memory, params and GMACs of models side by "
+            "side: interleaved rounds in one process, ratios to the first model.")
+    p.add_argument("--model", action="append", required=True, metavar="NAME",
+                   help="a focalexp preset or alias, or a timm model name (repeatable; the first is the baseline)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config knob of every focalexp preset model (repeatable)")
+    p.add_argument("--batch-size", type=int, help="default: 128 on cuda (the papers'), 16 on cpu")
+    p.add_argument("--img-size", type=int, help="input resolution (default: each model's native one)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="bf16/fp16: autocast, weights in fp32 like timm's --amp (default fp32, the papers'; on a "
+                        "CPU without AVX512-BF16/AMX both are emulated and slow)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last model and input")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile every model (one compiling step before the warm-up, so peak memory then "
+                        "leaves out what that step keeps, e.g. AdamW's state)")
+    p.add_argument("--mode", choices=["infer", "train", "both"], default="infer",
+                   help="inference (the papers' throughput; default), a training step (fwd+bwd+AdamW), or both")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds per model (default 5)")
+    p.add_argument("--steps", type=int, help="steps per model per round (default: 10 on cuda, 1 on cpu)")
+    p.add_argument("--warmup", type=int, help="warm-up steps per model, where peak memory is measured "
+                                                "(default: 10 on cuda, timm's; 2 on cpu)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print one JSON object (env + results)")
+    out.add_argument("--format", choices=["table", "csv", "json"], default="table",
+                     help="table (default), csv (one row per model x mode) or json")
 
     p = add("train", cmd_train, "Train and evaluate one model (resumes automatically from DIR/last.pth).")
     p.add_argument("config", nargs="?", help="run config YAML (sections: recipe, seed, model, data, train, eval)")
@@ -463,6 +578,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="sweep dir")
     p.add_argument("--fig-format", action="append", choices=["png", "pdf", "svg"], default=None,
                    help="figure format (repeatable; default png)")
+    p = add("viz", cmd_viz, "Figures of what the model looks at: modulator, gates, contexts, kernels, ERF, vs Swin/ViT.")
+    p.add_argument("--model", help="a focalexp preset (or a timm FocalNet / baseline name); optional with a "
+                                   "focalexp --checkpoint, which carries its config")
+    p.add_argument("--checkpoint", metavar="PATH", help="weights: focalexp best.pth/last.pth, official or timm layout")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config knob (repeatable)")
+    p.add_argument("--what", required=True, choices=["modulator", "gates", "context", "kernels", "erf", "compare"],
+                   help="which maps (see focalexp.analysis.viz)")
+    p.add_argument("--image", action="append", metavar="PATH",
+                   help="an image (repeatable); default: the photographs shipped with focalexp")
+    p.add_argument("--img-size", type=int, default=224, help="square crop the images are resized to (default 224)")
+    p.add_argument("--block", action="append", metavar="NAME|STAGE",
+                   help="block name (stages.3.blocks.1) or stage index (-1 = last); default: last block of "
+                        "each stage (modulator) or of the last stage (gates, context)")
+    p.add_argument("--levels", type=int, nargs="+", metavar="L", help="erf: compare these focal levels")
+    p.add_argument("--baseline", action="append", metavar="TIMM_NAME[=PATH]",
+                   help="erf/compare: timm baselines (default for compare: swin_tiny_patch4_window7_224, "
+                        "vit_small_patch16_224), optionally with local weights")
+    p.add_argument("--shared-scale", action="store_true", help="one colour scale for all maps of the figure")
+    p.add_argument("--out", required=True, help="figure path (.png, .pdf or .svg)")
     return parser
 
 

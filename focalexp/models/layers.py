@@ -19,13 +19,100 @@ Hook points (all outputs NCHW-shaped; nothing is stored on the modules):
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Sequence
+import os
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
+
+
+# ---------------------------------------------------------------------------- fast path
+# CPU inference in fp32: token-wise projections go through oneDNN's inner product (the primitive
+# PyTorch's own compiler emits for CPU linears), which adds the bias inside the GEMM instead of
+# first copying it into the output, and applies the MLP's GELU in the same pass. Everything else
+# (training, autocast, other dtypes and devices, tracing, FLOP counting, torch.compile) takes the
+# reference path ``F.linear``. Both give the same numbers (tests compare them); the fast path is
+# measured against timm by ``analysis/speed_vs_timm.py``. ``FOCALEXP_FAST_PATH=0`` or
+# :func:`reference_path` turns it off.
+_FAST = os.environ.get("FOCALEXP_FAST_PATH", "1") != "0"
+_MKLDNN_LINEAR = (
+    getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+)
+
+
+def fast_path_enabled() -> bool:
+    return _FAST and _MKLDNN_LINEAR is not None
+
+
+def set_fast_path(enabled: bool) -> None:
+    """Turn the CPU-inference fast path on or off for the whole process."""
+    global _FAST
+    _FAST = bool(enabled)
+
+
+@contextlib.contextmanager
+def reference_path() -> Iterator[None]:
+    """Run the reference path (``F.linear`` everywhere) inside the block."""
+    global _FAST
+    before, _FAST = _FAST, False
+    try:
+        yield
+    finally:
+        _FAST = before
+
+
+def _autocast_on() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4 spelled it differently
+        return torch.is_autocast_cpu_enabled()
+
+
+# oneDNN reorders the weight on every call; below this many rows that costs more than the bias copy
+# and separate GELU it saves, and MKL's GEMM behind F.linear is faster (measured on FocalNet-T's shapes)
+FAST_MIN_ROWS = 8192
+
+
+def _use_fast(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (
+        _FAST
+        and x.numel() >= FAST_MIN_ROWS * x.shape[-1]
+        and _MKLDNN_LINEAR is not None
+        and not torch.is_grad_enabled()
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and not _autocast_on()
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+        and not _dispatch_mode_active()
+    )
+
+
+def _dispatch_mode_active() -> bool:
+    # FlopCounterMode, FakeTensorMode and friends: they must see the reference ops
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    return _get_current_dispatch_mode() is not None
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: str | None = None) -> torch.Tensor:
+    """``F.linear`` (then GELU when ``act="gelu"``), on the fast path where it applies."""
+    if _use_fast(x, weight):
+        return _MKLDNN_LINEAR(x, weight, bias, act or "none", [], "none" if act else "")
+    y = F.linear(x, weight, bias)
+    return F.gelu(y) if act == "gelu" else y
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` on the fast path where it applies (same parameters, same hooks, same numbers)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
 
 
 def to_nhwc(x: torch.Tensor) -> torch.Tensor:
@@ -36,7 +123,7 @@ def to_nchw(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 3, 1, 2)
 
 
-class ChannelLinear(nn.Linear):
+class ChannelLinear(Linear):
     """A Linear over the channels of an NCHW-shaped tensor (a 1x1 convolution stored as a Linear).
 
     On a channels-last tensor both permutes are views, so this is one GEMM with no copies. Its weight
@@ -45,7 +132,7 @@ class ChannelLinear(nn.Linear):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return to_nchw(F.linear(to_nhwc(x), self.weight, self.bias))
+        return to_nchw(linear(to_nhwc(x), self.weight, self.bias))
 
 
 class LayerScale(nn.Module):
@@ -97,13 +184,18 @@ class Mlp(nn.Module):
 
     def __init__(self, dim: int, hidden: int, drop: float = 0.0):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = Linear(dim, hidden)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        if (not self.training and self.act.approximate == "none" and not self.fc1._forward_hooks
+                and not self.fc1._forward_pre_hooks and not self.act._forward_hooks and not self.act._forward_pre_hooks):
+            h = linear(x, self.fc1.weight, self.fc1.bias, "gelu")  # GELU fused on the fast path
+        else:
+            h = self.drop(self.act(self.fc1(x)))
+        return self.drop(self.fc2(h))
 
 
 def _context_layer(dim: int, k: int, op: str) -> nn.Sequential:
@@ -151,13 +243,13 @@ class FocalModulation(nn.Module):
         self.num_aggregated = n_local + int(global_context)
         self.num_gates = 0 if gating == "none" else self.num_aggregated
 
-        self.f = nn.Linear(dim, 2 * dim + self.num_gates)
+        self.f = Linear(dim, 2 * dim + self.num_gates)
         self.focal_layers = nn.ModuleList([_context_layer(dim, k, context_op) for k in self.kernel_sizes])
         self.gates = GateActivation(gating) if self.num_gates else None
         self.global_context = GlobalContext() if global_context else None
         self.h = ChannelLinear(dim, dim)
         self.norm = nn.LayerNorm(dim, eps=eps) if postln else None
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -206,13 +298,13 @@ class DWConvMixer(nn.Module):
         super().__init__()
         self.dim = dim
         self.kernel_sizes = tuple(kernels)
-        self.f = nn.Linear(dim, dim)
+        self.f = Linear(dim, dim)
         self.focal_layers = nn.ModuleList([_context_layer(dim, k, "dwconv") for k in self.kernel_sizes])
         self.h = ChannelLinear(dim, dim)
         self.act = nn.GELU()
-        self.q = nn.Linear(dim, dim)
+        self.q = Linear(dim, dim)
         self.norm = nn.LayerNorm(dim, eps=eps) if postln else None
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -249,11 +341,11 @@ class WindowAttention(nn.Module):
         self.num_heads = num_heads
         self.window_size = window_size
         self.shifted = shifted
-        self.qkv = nn.Linear(dim, 3 * dim)
+        self.qkv = Linear(dim, 3 * dim)
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         trunc_normal_(self.relative_position_bias_table, std=0.02)
         self.norm = nn.LayerNorm(dim, eps=eps) if postln else None
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self._cache: dict = {}
 

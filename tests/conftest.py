@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -42,3 +43,22 @@ def tiny_run(**sections) -> dict:
     for k, v in sections.items():
         cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
     return cfg
+
+
+@pytest.fixture
+def run(capsys):
+    """Run the CLI in-process; returns (returncode, stdout, stderr) like a finished subprocess."""
+
+    from focalexp.cli import main
+
+    def _run(*args: str, check_rc: int | None = 0) -> SimpleNamespace:
+        try:
+            rc = main(list(args))
+        except SystemExit as e:  # argparse errors and --help
+            rc = e.code
+        out, err = capsys.readouterr()
+        if check_rc is not None:
+            assert rc == check_rc, err
+        return SimpleNamespace(returncode=rc, stdout=out, stderr=err)
+
+    return _run

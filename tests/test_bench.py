@@ -11,34 +11,15 @@ import io
 import json
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from focalexp.analysis import bench
 from focalexp.analysis.bench import MEM_RSS, paired_ratio, rss_peak_available, run_bench
-from focalexp.cli import main
 from focalexp.errors import ConfigError, UnknownNameError
 
 TINY = ["--img-size", "64", "--batch-size", "2", "--rounds", "2", "--warmup", "1", "--threads", "1"]
-
-
-@pytest.fixture
-def run(capsys):
-    """Run the CLI in-process; returns (returncode, stdout, stderr)."""
-
-    def _run(*args: str, check_rc: int | None = 0) -> SimpleNamespace:
-        try:
-            rc = main(list(args))
-        except SystemExit as e:  # argparse errors and --help
-            rc = e.code
-        out, err = capsys.readouterr()
-        if check_rc is not None:
-            assert rc == check_rc, err
-        return SimpleNamespace(returncode=rc, stdout=out, stderr=err)
-
-    return _run
 
 
 @pytest.fixture(scope="module")

@@ -5,28 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
-
-from focalexp.cli import main
-
-
-@pytest.fixture
-def run(capsys):
-    """Run the CLI in-process; returns (returncode, stdout, stderr) like a finished subprocess."""
-
-    def _run(*args: str, check_rc: int | None = 0) -> SimpleNamespace:
-        try:
-            rc = main(list(args))
-        except SystemExit as e:  # argparse errors and --help
-            rc = e.code
-        out, err = capsys.readouterr()
-        if check_rc is not None:
-            assert rc == check_rc, err
-        return SimpleNamespace(returncode=rc, stdout=out, stderr=err)
-
-    return _run
 
 
 def test_console_entry_point_runs_as_a_process():

@@ -46,7 +46,7 @@ def _slurm_job_alive(job_id: str) -> bool | None:
     return bool(out.stdout.strip())
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -66,7 +66,7 @@ def holder_alive(claim: Mapping[str, Any]) -> bool:
         if alive is not None:
             return alive
     if claim.get("host") == socket.gethostname():
-        return _pid_alive(int(claim.get("pid", -1)))
+        return pid_alive(int(claim.get("pid", -1)))
     return True  # another host, no scheduler to ask: assume it lives
 
 

@@ -196,13 +196,13 @@ def res_reason(sweep: SweepDir, run_id: str) -> str:
 
 
 def _local_state(st: RunState, job: dict, sweep: SweepDir, rstat: str | None) -> None:
-    from .job import _pid_alive
+    from .job import pid_alive
 
     claim = read_claim(sweep.run_dir(st.run_id))
     if claim and holder_alive(claim):
         st.state = "running"
         return
-    if _pid_alive(int(job.get("pid") or -1)) and job.get("cluster") == "local":
+    if pid_alive(int(job.get("pid") or -1)) and job.get("cluster") == "local":
         st.state = "queued" if not claim else "running"
         return
     err = _submitit_error(job)

@@ -48,6 +48,7 @@ from typing import Any
 
 import torch
 
+from focalexp.analysis.bench import run_bench
 from focalexp.analysis.flops import count_params, measure_flops, model_for_counting, official_flops
 from focalexp.models.focalnet import FocalNet
 from focalexp.models.presets import PaperRow, Preset, get_preset, list_presets
@@ -184,28 +185,11 @@ def measure(presets: list[Preset], *, fast: bool, progress=None) -> list[dict[st
 
 def _bench_one(name: str, img_size: int, args) -> tuple[tuple[float, float, float], str]:
     """((median, min, max) images/s, device description) of one preset at ``img_size``, inference."""
-    try:
-        from focalexp.analysis.bench import run_bench
-    except ImportError:  # a focalexp without `focalexp bench`: its interleaved timer directly
-        run_bench = None
-    if run_bench is not None:
-        rep = run_bench([name], img_size=img_size, batch_size=args.batch_size, device=args.device,
-                        rounds=args.rounds, warmup=args.warmup, steps_per_round=1, threads=args.threads,
-                        flops=False)
-        r, env = rep.results[0], rep.env
-        desc = f"{env['device']} ({env['device_name']}" + (
-            f", {env['threads']} thread{'s' if env['threads'] != 1 else ''})" if env["device"] == "cpu" else ")")
-    else:
-        from focalexp.analysis.bench import interleaved, make_step
-        from focalexp.analysis.modelspec import resolve_model_spec
-
-        device = torch.device(args.device)
-        torch.manual_seed(0)
-        model = resolve_model_spec(name, {"img_size": img_size}).build().to(device)
-        x = torch.randn(args.batch_size, 3, img_size, img_size, device=device)
-        r = interleaved({name: make_step(model, x, "infer")}, batch_size=args.batch_size, img_size=img_size,
-                        mode="infer", device=device, warmup=args.warmup, rounds=args.rounds, steps_per_round=1)[name]
-        desc = f"{device} ({torch.get_num_threads()} threads)" if device.type == "cpu" else str(device)
+    rep = run_bench([name], img_size=img_size, batch_size=args.batch_size, device=args.device,
+                    rounds=args.rounds, warmup=args.warmup, steps_per_round=1, threads=args.threads, flops=False)
+    r, env = rep.results[0], rep.env
+    desc = f"{env['device']} ({env['device_name']}" + (
+        f", {env['threads']} thread{'s' if env['threads'] != 1 else ''})" if env["device"] == "cpu" else ")")
     return (r.median, min(r.images_per_s), max(r.images_per_s)), desc
 
 

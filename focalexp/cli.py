@@ -10,7 +10,7 @@ import json
 import sys
 from typing import Any, Callable, Sequence
 
-from .errors import ConfigError, FocalexpError
+from .errors import FocalexpError
 
 EXAMPLES = {
     "train": "focalexp train --out runs/demo                      # cpu_small recipe: focalnet_micro on Pathfinder\n"
@@ -462,27 +462,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- viz
 def cmd_viz(args: argparse.Namespace) -> int:
-    from .analysis.figures import check_figure_path
-    from .analysis.viz import build_focalnet, render
+    from .analysis.viz import build_focalnet, check_request, render
     from .overrides import parse_set_args
 
-    out = check_figure_path(args.out)
-    for img in args.image or ():
-        from pathlib import Path
-
-        if not Path(img).is_file():
-            raise ConfigError(f"--image: no such file '{img}'")
-    if args.levels and args.what != "erf":
-        raise ConfigError("--levels: applies to --what erf only")
-    if any(L < 0 for L in args.levels or ()):
-        raise ConfigError(f"--levels: expected focal levels >= 0, got {args.levels}")
+    out = check_request(args.what, args.out, args.levels)  # before building the model
     vm = build_focalnet(args.model, args.checkpoint, parse_set_args(args.set))
-    if args.levels and getattr(vm.model, "config", None) is None:
-        raise ConfigError("--levels: needs a focalexp FocalNet model (a preset), not a timm model")
-    blocks = None
-    if args.block:
-        blocks = [int(b) if b.lstrip("-").isdigit() else b for b in args.block]
-    path = render(args.what, vm, out=out, images=args.image, img_size=args.img_size, blocks=blocks,
+    path = render(args.what, vm, out=out, images=args.image, img_size=args.img_size, blocks=args.block,
                   levels=args.levels, baselines=args.baseline, shared_scale=args.shared_scale)
     print(f"{args.what}: {vm.caption} -> {path}")
     return 0

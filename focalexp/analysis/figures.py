@@ -20,13 +20,6 @@ from ..errors import ConfigError
 FIG_SUFFIXES = (".png", ".pdf", ".svg")
 
 
-def _mpl():
-    # matplotlib falls back to Agg on a machine without a display; a notebook keeps its inline backend
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def check_figure_path(out: str | os.PathLike) -> Path:
     """The output path, refused unless its suffix is a figure format (checked before any work)."""
     p = Path(out)
@@ -63,7 +56,7 @@ def plot_map_panels(
     ``markers`` puts a cross on a column's panels at ``(y, x)`` given as fractions of the image (for
     example the query token of an attention map). Returns the matplotlib figure (also saved to ``out``).
     """
-    plt = _mpl()
+    import matplotlib.pyplot as plt
     B, H, W = display.shape[:3]
     ups = {k: upsample(v, (H, W)).numpy() for k, v in columns.items()}
     n = 1 + len(ups)
@@ -108,7 +101,7 @@ def plot_kernels(kernels: Mapping[str, Sequence[torch.Tensor]], *, title: str | 
 
     A diverging colour map centred on zero (kernel weights are signed), each panel with its colour bar.
     """
-    plt = _mpl()
+    import matplotlib.pyplot as plt
     names = list(kernels)
     levels = max((len(v) for v in kernels.values()), default=0)
     if not names or not levels:
@@ -143,7 +136,7 @@ def plot_erf(erfs: Mapping[str, torch.Tensor], *, title: str | None = None, floo
     of :func:`focalexp.analysis.maps.erf_area_ratio`."""
     from .maps import erf_area_ratio
 
-    plt = _mpl()
+    import matplotlib.pyplot as plt
     n = len(erfs)
     fig, axes = plt.subplots(1, n, figsize=(3.0 * n + 0.8, 3.2), squeeze=False, layout="constrained")
     im = None

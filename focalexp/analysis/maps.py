@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import ConfigError
+from ..errors import ConfigError, did_you_mean
 
 
 # ---------------------------------------------------------------------------- hooks
@@ -100,24 +100,28 @@ def _stage_of(name: str) -> str:
     return name.split(".blocks.")[0] if ".blocks." in name else name.rsplit(".", 1)[0]
 
 
-def default_blocks(model: nn.Module) -> list[str]:
-    """The last modulation of every stage (the layers the paper visualizes)."""
+def _last_per_stage(names: Sequence[str]) -> list[str]:
     last: dict[str, str] = {}
-    for name in find_modulations(model):
+    for name in names:
         last[_stage_of(name)] = name
     return list(last.values())
+
+
+def default_blocks(model: nn.Module) -> list[str]:
+    """The last modulation of every stage (the layers the paper visualizes)."""
+    return _last_per_stage(list(find_modulations(model)))
 
 
 def resolve_blocks(model: nn.Module, blocks: Sequence[str | int] | str | int | None) -> list[str]:
     """Block names from names, stage indices (``-1`` = last stage) or ``"all"``; default: last of each stage."""
     mods = find_modulations(model)
+    stages = _last_per_stage(list(mods))
     if blocks is None:
-        return default_blocks(model)
+        return stages
     if blocks == "all":
         return list(mods)
     if isinstance(blocks, (str, int)):
         blocks = [blocks]
-    stages = default_blocks(model)
     out = []
     for b in blocks:
         if isinstance(b, int) or (isinstance(b, str) and b.lstrip("-").isdigit()):
@@ -128,20 +132,21 @@ def resolve_blocks(model: nn.Module, blocks: Sequence[str | int] | str | int | N
             continue
         name = b if b in mods else f"{b}.modulation"
         if name not in mods:
-            import difflib
-
-            close = difflib.get_close_matches(b, list(mods), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f" (e.g. '{stages[-1]}')"
+            hint = did_you_mean(b, mods) or f" (e.g. '{stages[-1]}')"
             raise ConfigError(f"block: no focal modulation named '{b}'{hint}")
         out.append(name)
     return out
 
 
+def _context_conv(layer: nn.Module) -> nn.Module:
+    """The first module of a focal level's context layer (the depthwise conv, or the pooling)."""
+    return layer[0] if isinstance(layer, nn.Sequential) else layer
+
+
 def _kernel_sizes(mod: nn.Module) -> list[int | None]:
     sizes = []
     for layer in mod.focal_layers:
-        first = layer[0] if isinstance(layer, nn.Sequential) else layer
-        k = getattr(first, "kernel_size", None)
+        k = getattr(_context_conv(layer), "kernel_size", None)
         sizes.append(k[0] if isinstance(k, tuple) else k)
     return sizes
 
@@ -182,7 +187,7 @@ def modulation_maps(
     Runs one forward pass in eval mode without gradients; the model is left as it was.
     """
     names = resolve_blocks(model, blocks)
-    mods = find_modulations(model)
+    mods = {n: model.get_submodule(n) for n in names}
     store: dict[str, dict] = {n: {"ctx": {}} for n in names}
     pairs: list[tuple[nn.Module, Callable]] = []
 
@@ -254,12 +259,11 @@ def kernel_maps(model: nn.Module, blocks: Sequence[str | int] | str | int | None
 
     Levels whose context layer is not a convolution (the pooling mixer) are left out.
     """
-    mods = find_modulations(model)
     out = {}
     for n in resolve_blocks(model, blocks):
         maps = []
-        for layer in mods[n].focal_layers:
-            conv = layer[0] if isinstance(layer, nn.Sequential) else layer
+        for layer in model.get_submodule(n).focal_layers:
+            conv = _context_conv(layer)
             if isinstance(conv, nn.Conv2d):
                 maps.append(conv.weight.detach().float().mean(dim=(0, 1)).cpu())
         out[n] = maps

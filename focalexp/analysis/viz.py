@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, did_you_mean
 
 WHATS = ("modulator", "gates", "context", "kernels", "erf", "compare")
 DEFAULT_BASELINES = ("swin_tiny_patch4_window7_224", "vit_small_patch16_224")
@@ -50,30 +50,25 @@ def _checkpoint_path(path: str | os.PathLike | None) -> Path | None:
 
 def build_focalnet(name: str | None, checkpoint: str | os.PathLike | None = None,
                    overrides: Mapping[str, Any] | None = None) -> VizModel:
-    """A focalexp preset (or the config stored in a focalexp checkpoint), or a timm FocalNet."""
+    """A focalexp preset (or the config stored in a focalexp checkpoint), or a timm model by name."""
     from ..models import create_model
-    from ..models.presets import canonical_name
-    from ..errors import UnknownNameError
+    from .modelspec import resolve_model_spec
 
     ckpt = _checkpoint_path(checkpoint)
-    overrides = {k[len("model."):] if k.startswith("model.") else k: v for k, v in (overrides or {}).items()}
     if name is None and ckpt is None:
         raise ConfigError("--model: name a model, or give a focalexp --checkpoint that carries its config")
     if name is not None:
-        try:
-            canonical_name(name)
-        except UnknownNameError as err:
-            import timm
-
-            if not timm.is_model(name.partition("=")[0]):
-                raise UnknownNameError(str(err).replace("(see `focalexp models`)",
-                                                        "(see `focalexp models`; timm model names work too)")) from None
+        spec = resolve_model_spec(name.partition("=")[0], overrides)  # a timm name may carry =PATH
+        if spec.config is None:
             return build_timm(name, ckpt)
-    model = create_model(name, checkpoint=ckpt, **overrides)
-    label = name or f"focalnet from {ckpt.name}"
+        return VizModel(create_model(spec.config, checkpoint=ckpt).eval(), spec.label,
+                        ckpt.name if ckpt else "random weights")
+    overrides = {k[len("model."):] if k.startswith("model.") else k: v for k, v in (overrides or {}).items()}
+    model = create_model(None, checkpoint=ckpt, **overrides)
+    label = f"focalnet from {ckpt.name}"
     if overrides:
         label += " (" + ", ".join(f"{k}={v}" for k, v in overrides.items()) + ")"
-    return VizModel(model.eval(), label, ckpt.name if ckpt else "random weights")
+    return VizModel(model.eval(), label, ckpt.name)
 
 
 def build_timm(spec: str, checkpoint: str | os.PathLike | None = None) -> VizModel:
@@ -83,11 +78,8 @@ def build_timm(spec: str, checkpoint: str | os.PathLike | None = None) -> VizMod
     name, _, path = spec.partition("=")
     ckpt = _checkpoint_path(path or checkpoint)
     if not timm.is_model(name):
-        import difflib
-
-        close = difflib.get_close_matches(name, timm.list_models(), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"model: unknown model '{name}' (neither a focalexp preset nor a timm model){hint}")
+        raise ConfigError(f"model: unknown model '{name}' (neither a focalexp preset nor a timm model)"
+                          + did_you_mean(name, timm.list_models()))
     model = timm.create_model(name, pretrained=False)
     if ckpt is not None:
         from timm.models import load_checkpoint
@@ -101,6 +93,19 @@ def build_timm(spec: str, checkpoint: str | os.PathLike | None = None) -> VizMod
 
 def _stage_label(block: str) -> str:
     return block.replace(".modulation", "").replace("stages.", "stage ").replace("layers.", "stage ").replace(".blocks.", ", block ")
+
+
+def check_request(what: str, out: str | os.PathLike, levels: Sequence[int] | None = None) -> Path:
+    """The cheap checks of a figure request (before any model is built); returns the output path."""
+    from .figures import check_figure_path
+
+    if what not in WHATS:
+        raise ConfigError(f"--what: unknown '{what}'" + (did_you_mean(what, WHATS) or f" (one of {', '.join(WHATS)})"))
+    if levels and what != "erf":
+        raise ConfigError("--levels: applies to --what erf only")
+    if any(L < 0 for L in levels or ()):
+        raise ConfigError(f"--levels: expected focal levels >= 0, got {list(levels)}")
+    return check_figure_path(out)
 
 
 def render(
@@ -118,17 +123,12 @@ def render(
 ) -> Path:
     """Compute the maps ``what`` asks for and save the figure to ``out``; returns the path."""
     from . import figures, maps
-    from .images import load_images
+    from .images import load_images, sample_photos
 
-    if what not in WHATS:
-        import difflib
-
-        close = difflib.get_close_matches(what, WHATS, n=1)
-        raise ConfigError(f"--what: unknown '{what}'" + (f"; did you mean '{close[0]}'?" if close else f" (one of {', '.join(WHATS)})"))
-    out = figures.check_figure_path(out)
-    batch = load_images(images, img_size)
-    if images is None:
-        batch.tensor, batch.display, batch.names = batch.tensor[:max_images], batch.display[:max_images], batch.names[:max_images]
+    out = check_request(what, out, levels)
+    if levels and getattr(vm.model, "config", None) is None:
+        raise ConfigError("--levels: needs a focalexp FocalNet model (a preset), not a timm model")
+    batch = load_images(images or sample_photos()[:max_images], img_size)
     x = batch.tensor
 
     if what == "modulator":
@@ -155,17 +155,14 @@ def render(
         fig = figures.plot_kernels(maps.kernel_maps(vm.model, blocks),
                                    title=f"{vm.caption}: depthwise focal kernels, mean over channels", out=out)
     elif what == "erf":
-        models = {vm.label if not levels else f"{vm.label}, L={levels[0]}": vm.model}
+        models = {vm.label: vm.model}
         if levels:
-            cfg = getattr(vm.model, "config", None)
-            if cfg is None:
-                raise ConfigError("--levels: needs a focalexp FocalNet model")
             from ..models import FocalNet
 
             models = {}
             for L in levels:
                 torch.manual_seed(0)
-                models[f"focal_levels={L}"] = FocalNet(cfg.replace(focal_levels=L)).eval()
+                models[f"focal_levels={L}"] = FocalNet(vm.model.config.replace(focal_levels=L)).eval()
         for b in baselines or ():
             bm = build_timm(b)
             models[bm.label] = bm.model
@@ -188,8 +185,9 @@ def render(
                 cols[f"{bm.label}: last-block CLS attention"] = att["cls"]
             elif hasattr(bm.model, "layers"):
                 key = f"{bm.label}: window attention, centre query"
-                cols[key] = maps.swin_window_attention(bm.model, x)
-                markers[key] = maps.query_marker((0.5, 0.5), tuple(cols[key].shape[-2:]))
+                centre = (0.5, 0.5)
+                cols[key] = maps.swin_window_attention(bm.model, x, query=centre)
+                markers[key] = maps.query_marker(centre, tuple(cols[key].shape[-2:]))
             else:
                 raise ConfigError(f"--baseline: '{b}' is neither a timm ViT nor a timm Swin")
         wrap = lambda k: k.replace(": ", ":\n", 1)  # noqa: E731

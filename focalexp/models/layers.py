@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 
 # ---------------------------------------------------------------------------- fast path
@@ -95,8 +96,6 @@ def _use_fast(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def _dispatch_mode_active() -> bool:
     # FlopCounterMode, FakeTensorMode and friends: they must see the reference ops
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-
     return _get_current_dispatch_mode() is not None
 
 

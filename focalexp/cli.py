@@ -134,11 +134,20 @@ def cmd_flops(args: argparse.Namespace) -> int:
     from .models.presets import canonical_name, get_preset
     from .overrides import parse_set_args
 
+    if args.depth < 0:
+        raise FocalexpError(f"--depth: expected >= 0, got {args.depth}")
     spec = resolve_model_spec(args.model, parse_set_args(args.set))
     size = img_size_override(spec, args.img_size)
     model = spec.build(counting=True)
     in_chans = spec.config.in_chans if spec.config is not None else 3
-    rep = measure_flops(model, size, name=spec.label, depth=args.depth, config=spec.config, in_chans=in_chans)
+    try:
+        rep = measure_flops(model, size, name=spec.label, depth=args.depth, config=spec.config, in_chans=in_chans)
+    except (AssertionError, RuntimeError, ValueError, IndexError) as e:
+        if spec.config is not None:
+            raise
+        why = (" ".join(str(e).split()) or type(e).__name__)[:160]
+        raise FocalexpError(f"--img-size: timm model '{spec.timm_name}' does not take {size}x{size} input ({why}); "
+                            f"its native size is {spec.img_size}") from None
     paper = None
     if spec.config is not None and not args.set:
         p = get_preset(canonical_name(args.model))
@@ -255,18 +264,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train.config import load_run_config
     from .train.loop import RunInterrupted, train
 
-    cfg = load_run_config(args.config, parse_set_args(args.set), model=args.model)
-    out = Path(args.out)
-    if args.resume is not None and not Path(args.resume).is_file():
-        raise FocalexpError(f"--resume: no such checkpoint '{args.resume}'")
+    from .fileio import input_file, usable_cores
+    from .train.loop import check_out_dir, read_run_checkpoint
+
     if args.nproc < 1:
         raise FocalexpError(f"--nproc: expected >= 1, got {args.nproc}")
+    if args.nproc > usable_cores():
+        raise FocalexpError(f"--nproc: {args.nproc} processes, but this machine has {usable_cores()} cores")
+    if args.resume is not None:
+        input_file(args.resume, "--resume")
+    cfg = load_run_config(args.config, parse_set_args(args.set), model=args.model)
+    out = Path(args.out)
+    check_out_dir(cfg, out)
+    if args.resume is not None:
+        read_run_checkpoint(args.resume, cfg)
     try:
         if args.nproc > 1:
             from .train.launch import train_multiprocess
-            from .train.loop import check_out_dir
 
-            check_out_dir(cfg, out)
             train_multiprocess(cfg.to_dict(), str(out), args.nproc)
             result = json.loads((out / "result.json").read_text())
         else:
@@ -304,14 +319,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .overrides import parse_set_args
-    from .sweep import axis_keys, estimate, expand, launch, load_spec
+    from .sweep import axis_keys, estimate, expand, launch, load_spec, preflight
+    from .sweep.spec import MAX_RUNS
 
     overrides = parse_set_args(args.set)
     if args.cluster:
         overrides["launcher.cluster"] = args.cluster
     spec = load_spec(args.spec, overrides)
-    runs = expand(spec, check_data_present=not args.dry_run)
     sweep_dir = Path(args.dir) if args.dir else Path("sweeps") / spec.name
+    limit = None if args.yes else MAX_RUNS
+    if not args.dry_run:
+        from .sweep.spec import check_run_count
+
+        check_run_count(spec, limit)
+        preflight(spec, sweep_dir, allow_setup=args.allow_setup)
+    runs = expand(spec, check_data_present=not args.dry_run, max_runs=limit)
     axes = axis_keys(spec)
     if args.dry_run:
         est = {e["run_id"]: e for e in estimate(spec, runs)}
@@ -354,7 +376,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
               f"(logs in {sweep_dir}/logs; Ctrl-C stops them with a checkpoint, the same command continues)",
               file=sys.stderr, flush=True)
     try:
-        out = launch(spec, sweep_dir, runs=runs, retry_failed=args.retry_failed, progress=progress)
+        out = launch(spec, sweep_dir, runs=runs, retry_failed=args.retry_failed, progress=progress,
+                     allow_setup=args.allow_setup)
     finally:
         if bar is not None:
             bar.close()
@@ -550,6 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true", help="also resubmit failed and cancelled runs")
     p.add_argument("--wait", action="store_true", help="SLURM: follow the sweep until every run ended")
     p.add_argument("--json", action="store_true", help="--dry-run: print the runs as JSON")
+    p.add_argument("--yes", action="store_true", help=f"go ahead with more than {10_000:,} runs")
+    p.add_argument("--allow-setup", action="store_true",
+                   help="run the spec's launcher.setup shell lines before each job (refused without this flag)")
 
     p = add("status", cmd_status, "Where every run of a sweep stands (exit 1 if any failed).")
     p.add_argument("dir", help="sweep dir")
@@ -614,6 +640,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
+    except MemoryError:
+        sys.stderr.write(f"focalexp {args.command}: error: out of memory\n")
+        return 1
+    except Exception as e:  # noqa: BLE001 - a bug or an environment problem: one line, the trace on request
+        import os
+
+        if os.environ.get("FOCALEXP_DEBUG"):
+            raise
+        what = " ".join(str(e).split())[:300]
+        sys.stderr.write(f"focalexp {args.command}: internal error: {type(e).__name__}: {what} "
+                         "(FOCALEXP_DEBUG=1 shows the traceback; please report it)\n")
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -21,19 +22,119 @@ import yaml
 from .errors import ConfigError, closest, did_you_mean
 
 
-def load_yaml(path: str | Path) -> Any:
-    """Safe-load a YAML file; a syntax error is one line with the file, line and column."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: no such file")
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (plain data only: no tags that build objects), made strict and modern:
+
+    * a key given twice in one mapping is an error (PyYAML keeps the last one silently); keys that a
+      ``<<: *anchor`` merge brings in may still be overridden, as YAML intends;
+    * ``1e-3`` and ``5E4`` are numbers, as in YAML 1.2 and as researchers write them (YAML 1.1 needs a dot).
+    """
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key '{key}' (also on line {first.line + 1}; a key may appear once "
+                        "per mapping)", key_node.start_mark)
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep)
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+MAX_YAML_BYTES = 16 * 2**20
+MAX_YAML_VALUES = 1_000_000
+
+
+def parse_yaml(text: str, source: str = "<string>") -> Any:
+    """Parse YAML text with :class:`YamlLoader`; every problem is one line naming ``source`` (and the
+    line and column where YAML knows them)."""
     try:
-        return yaml.safe_load(p.read_text())
+        data = yaml.load(text, Loader=YamlLoader)  # noqa: S506 - YamlLoader is a SafeLoader
     except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark
-        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(p)
-        raise ConfigError(f"{where}: malformed YAML: {e.problem or e.context}") from None
-    except yaml.YAMLError as e:  # pragma: no cover - YAML errors without a mark
-        raise ConfigError(f"{p}: malformed YAML: {e}") from None
+        mark = e.problem_mark or e.context_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+        what = " ".join(str(e.problem or e.context or "syntax error").split())
+        raise ConfigError(f"{where}: malformed YAML: {what}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: malformed YAML: {' '.join(str(e).split())[:200]}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: malformed YAML: nested too deeply") from None
+    _check_size(data, source)
+    return data
+
+
+def _check_size(data: Any, source: str) -> None:
+    """Refuse documents that refer to themselves, or whose aliases expand to more than
+    :data:`MAX_YAML_VALUES` values (a few lines of nested anchors can stand for billions)."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(x: Any) -> int:
+        if not isinstance(x, (list, dict)):
+            return 1
+        k = id(x)
+        if k in sizes:
+            return sizes[k]
+        if k in active:
+            raise ConfigError(f"{source}: malformed YAML: an anchor refers to itself (a recursive structure)")
+        active.add(k)
+        items = list(x.items()) if isinstance(x, dict) else [(None, v) for v in x]
+        n = 1
+        for key, v in items:
+            n += size(v) + (key is not None)
+            if n > MAX_YAML_VALUES:
+                raise ConfigError(f"{source}: YAML expands to more than {MAX_YAML_VALUES:,} values "
+                                  "(aliases of aliases?); refused")
+        active.discard(k)
+        sizes[k] = n
+        return n
+
+    try:
+        size(data)
+    except RecursionError:
+        raise ConfigError(f"{source}: malformed YAML: nested too deeply") from None
+
+
+def load_yaml(path: str | Path, what: str = "config") -> Any:
+    """Safe-load a YAML file (see :func:`parse_yaml`); a missing file, a directory, a binary file or a
+    syntax error is one line with the file (and line and column)."""
+    from .fileio import input_file
+
+    p = input_file(path, what)
+    if p.stat().st_size > MAX_YAML_BYTES:
+        raise ConfigError(f"{what}: '{p}' is {p.stat().st_size / 2**20:.0f} MB; a YAML {what} is a small text "
+                          f"file (at most {MAX_YAML_BYTES // 2**20} MB)")
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what}: '{p}' is not a text file (binary data at byte "
+                          f"{_first_bad_byte(raw)}); expected YAML") from None
+    if "\x00" in text:
+        raise ConfigError(f"{what}: '{p}' is not a text file (it holds NUL bytes); expected YAML")
+    return parse_yaml(text, str(p))
+
+
+def _first_bad_byte(raw: bytes) -> int:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e.start
+    return 0
 
 
 def _type_name(v: Any) -> str:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-import yaml
-
 from .errors import ConfigError
 
 
 def parse_value(text: str) -> Any:
-    """A YAML scalar/list/dict (``3``, ``0.1``, ``true``, ``[3, 5]``, ``sigmoid``); plain text otherwise."""
+    """A YAML scalar/list/dict (``3``, ``1e-3``, ``true``, ``[3, 5]``, ``sigmoid``); plain text otherwise."""
+    from .configtools import parse_yaml
+
+    if not text.strip():
+        return ""
     try:
-        return yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
+        return parse_yaml(text, "--set")
+    except ConfigError:
         return text
 
 

@@ -52,6 +52,38 @@ class ImageBatch:
         return self.tensor.shape[0]
 
 
+MAX_IMG_SIZE = 4096
+MAX_PIXELS = 64 * 2**20  # an image file is untrusted: a few KB of PNG can decode to gigapixels
+
+
+def read_image(path: str | os.PathLike, what: str = "--image"):
+    """An RGB PIL image from a file a user passed, or one line saying why not (missing, a directory,
+    not an image, truncated, or more than :data:`MAX_PIXELS` pixels: a decompression bomb)."""
+    import warnings
+
+    from PIL import Image
+
+    from ..fileio import input_file
+
+    p = input_file(path, what)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p) as im:
+                w, h = im.size
+                if w * h > MAX_PIXELS:
+                    raise ConfigError(f"{what}: '{p}' is {w}x{h} = {w * h:,} pixels, more than {MAX_PIXELS:,}; "
+                                      "refused (resize it first)")
+                return im.convert("RGB")
+    except ConfigError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ConfigError(f"{what}: '{p}' decodes to too many pixels ({e}); refused") from None
+    except Exception as e:  # noqa: BLE001 - PIL reports damage as many exception types
+        why = " ".join(str(e).split())[:120] or type(e).__name__
+        raise ConfigError(f"{what}: '{p}' is not a readable image ({why})") from None
+
+
 def load_images(
     paths: Sequence[str | os.PathLike] | None = None,
     size: int = 224,
@@ -64,20 +96,15 @@ def load_images(
     The official notebook resizes without cropping (a non-square grid); a square crop lets images of
     different shapes share one batch and one figure layout. ``paths=None`` uses :func:`sample_photos`.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    if size < 1:
-        raise ConfigError(f"img_size: expected a positive size, got {size}")
+    if not 1 <= size <= MAX_IMG_SIZE:
+        raise ConfigError(f"--img-size: expected a size from 1 to {MAX_IMG_SIZE}, got {size}")
     paths = list(paths) if paths else sample_photos()
     arrays, names = [], []
     for p in paths:
         p = Path(p)
-        if not p.is_file():
-            raise ConfigError(f"image: no such file '{p}'")
-        try:
-            im = Image.open(p).convert("RGB")
-        except (UnidentifiedImageError, OSError) as e:
-            raise ConfigError(f"image: '{p}' is not a readable image ({e})") from None
+        im = read_image(p)
         w, h = im.size
         s = size / min(w, h)
         im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)

@@ -127,13 +127,13 @@ def resolve_blocks(model: nn.Module, blocks: Sequence[str | int] | str | int | N
         if isinstance(b, int) or (isinstance(b, str) and b.lstrip("-").isdigit()):
             i = int(b)
             if not -len(stages) <= i < len(stages):
-                raise ConfigError(f"block: stage {i} out of range (the model has {len(stages)} stages)")
+                raise ConfigError(f"--block: stage {i} out of range (the model has {len(stages)} stages)")
             out.append(stages[i])
             continue
         name = b if b in mods else f"{b}.modulation"
         if name not in mods:
             hint = did_you_mean(b, mods) or f" (e.g. '{stages[-1]}')"
-            raise ConfigError(f"block: no focal modulation named '{b}'{hint}")
+            raise ConfigError(f"--block: no focal modulation named '{b}'{hint}")
         out.append(name)
     return out
 
@@ -234,7 +234,7 @@ def modulation_maps(
     for n in names:
         rec, mod = store[n], mods[n]
         if "modulator" not in rec:
-            raise ConfigError(f"block: '{n}' did not run in the forward pass (backbone out_indices?)")
+            raise ConfigError(f"--block: '{n}' did not run in the forward pass (backbone out_indices?)")
         levels = [rec["ctx"][i] for i in sorted(rec["ctx"])]
         glob = rec.get("global")
         if glob is None and levels and getattr(mod, "global_context", True) is not None and not hasattr(mod, "num_gates"):

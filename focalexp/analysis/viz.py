@@ -42,10 +42,9 @@ class VizModel:
 def _checkpoint_path(path: str | os.PathLike | None) -> Path | None:
     if path is None:
         return None
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--checkpoint: no such file '{p}'")
-    return p
+    from ..fileio import input_file
+
+    return input_file(path, "--checkpoint")
 
 
 def build_focalnet(name: str | None, checkpoint: str | os.PathLike | None = None,
@@ -82,11 +81,20 @@ def build_timm(spec: str, checkpoint: str | os.PathLike | None = None) -> VizMod
                           + did_you_mean(name, timm.list_models()))
     model = timm.create_model(name, pretrained=False)
     if ckpt is not None:
-        from timm.models import load_checkpoint
+        from timm.models import clean_state_dict
 
+        from ..models.checkpoint import read_state
+
+        st = read_state(ckpt, "--baseline" if path else "--checkpoint")  # the allowlist, not timm's torch.load
+        for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+            if isinstance(st, dict) and isinstance(st.get(key), dict):
+                st = st[key]
+                break
+        if not isinstance(st, dict) or not any(isinstance(v, torch.Tensor) for v in st.values()):
+            raise ConfigError(f"checkpoint: '{ckpt}' holds no state dict of tensors for {name}")
         try:
-            load_checkpoint(model, str(ckpt))
-        except Exception as e:  # a file that does not fit the architecture
+            model.load_state_dict(clean_state_dict(st))
+        except Exception as e:  # noqa: BLE001 - a file that does not fit the architecture
             raise ConfigError(f"checkpoint: '{ckpt}' does not fit {name} ({str(e).splitlines()[0][:200]})") from None
     return VizModel(model.eval(), name, ckpt.name if ckpt else "random weights")
 
@@ -105,7 +113,9 @@ def check_request(what: str, out: str | os.PathLike, levels: Sequence[int] | Non
         raise ConfigError("--levels: applies to --what erf only")
     if any(L < 0 for L in levels or ()):
         raise ConfigError(f"--levels: expected focal levels >= 0, got {list(levels)}")
-    return check_figure_path(out)
+    from ..fileio import output_file
+
+    return output_file(check_figure_path(out), "--out")
 
 
 def render(

@@ -97,7 +97,26 @@ def _imagefolder_classes(root: Path) -> list[str]:
     if classes != val_classes:
         extra = sorted(set(classes) ^ set(val_classes))[:3]
         raise ConfigError(f"data.root: train/ and val/ have different class folders (e.g. {', '.join(extra)})")
+    if len(classes) < 2:
+        raise ConfigError(f"data.root: '{tr}' has one class folder ('{classes[0]}'); classification needs at "
+                          "least two (ImageNet layout: train/<class>/<image>)")
+    for split in (tr, va):
+        for c in classes:
+            if not _has_image(split / c):
+                raise ConfigError(f"data.root: '{split / c}' has no images (files ending in "
+                                  f"{', '.join(IMAGE_SUFFIXES[:4])}, ...); every class folder needs one")
     return classes
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
+
+
+def _has_image(folder: Path) -> bool:
+    """One image file anywhere under ``folder`` (ImageFolder looks recursively), found without listing all."""
+    for dirpath, _, files in os.walk(folder, followlinks=True):
+        if any(f.lower().endswith(IMAGE_SUFFIXES) for f in files):
+            return True
+    return False
 
 
 def check_data(cfg: DataConfig, on_disk: bool = True) -> None:
@@ -187,6 +206,70 @@ def _image_transforms(cfg: DataConfig, size: int, mean, std, cifar: bool):
     return train, val
 
 
+class CifarBatches(Dataset):
+    """CIFAR-10/100 from the "python version" folder, read like torchvision's ``CIFAR10`` / ``CIFAR100``
+    (same arrays, same order, PIL images into ``transform``) but through :mod:`focalexp.unpickle`'s
+    numpy allowlist: torchvision unpickles the batches with plain ``pickle``, which would run whatever a
+    downloaded file asks for."""
+
+    FILES = {
+        "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
+                    "batches.meta", "label_names", "labels"),
+        "cifar100": ("cifar-100-python", ["train"], ["test"], "meta", "fine_label_names", "fine_labels"),
+    }
+
+    def __init__(self, root: Path, dataset: str, train: bool, transform=None) -> None:
+        folder, train_files, test_files, meta, names_key, labels_key = self.FILES[dataset]
+        base = Path(root) / folder
+        data, targets = [], []
+        for name in train_files if train else test_files:
+            entry = self._read(base / name)
+            labels = entry.get("labels", entry.get(labels_key))
+            if not isinstance(entry.get("data"), np.ndarray) or labels is None:
+                raise ConfigError(f"data.root: '{base / name}' is not a {dataset} batch (no data/labels)")
+            data.append(entry["data"])
+            targets.extend(int(t) for t in labels)
+        try:
+            self.data = np.vstack(data).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        except ValueError as e:
+            raise ConfigError(f"data.root: '{base}' holds batches of the wrong shape ({e})") from None
+        if len(self.data) != len(targets):
+            raise ConfigError(f"data.root: '{base}' has {len(self.data)} images but {len(targets)} labels")
+        names = self._read(base / meta).get(names_key)
+        if not isinstance(names, list):
+            raise ConfigError(f"data.root: '{base / meta}' has no {names_key}")
+        self.classes = [str(n) for n in names]
+        self.targets = targets
+        self.transform = transform
+
+    @staticmethod
+    def _read(path: Path) -> dict:
+        from .. import unpickle
+        from ..fileio import input_file
+
+        p = input_file(path, "data.root")
+        try:
+            with open(p, "rb") as f:
+                obj = unpickle.load(f, unpickle.NUMPY, encoding="latin1")
+        except unpickle.RefusedGlobal as e:
+            raise ConfigError(f"data.root: refused '{p}': it asks to call or build '{e.qualname}', which a CIFAR "
+                              "batch never holds; nothing from the file was run") from None
+        except Exception as e:  # noqa: BLE001 - a damaged pickle fails in many ways
+            raise ConfigError(f"data.root: '{p}' is corrupt or not a CIFAR batch ({type(e).__name__})") from None
+        if not isinstance(obj, dict):
+            raise ConfigError(f"data.root: '{p}' is not a CIFAR batch (a {type(obj).__name__}, not a dict)")
+        return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        img = Image.fromarray(self.data[i])
+        return (self.transform(img) if self.transform is not None else img), self.targets[i]
+
+
 def build_data(cfg: DataConfig, seed: int) -> DataBundle:
     """The training and validation datasets of a run."""
     check_data(cfg)
@@ -204,12 +287,9 @@ def build_data(cfg: DataConfig, seed: int) -> DataBundle:
 
     root = resolve_root(cfg)
     if cfg.dataset in ("cifar10", "cifar100"):
-        cls = datasets.CIFAR10 if cfg.dataset == "cifar10" else datasets.CIFAR100
         t_train, t_val = _image_transforms(cfg, size, CIFAR_MEAN, CIFAR_STD, cifar=True)
-        try:
-            train, val = cls(str(root), train=True, transform=t_train), cls(str(root), train=False, transform=t_val)
-        except RuntimeError as e:
-            raise ConfigError(f"data.root: cannot read {cfg.dataset} at '{root}' ({str(e).strip()})") from None
+        train = CifarBatches(root, cfg.dataset, train=True, transform=t_train)
+        val = CifarBatches(root, cfg.dataset, train=False, transform=t_val)
         classes = tuple(train.classes)
     else:
         from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD

@@ -16,10 +16,9 @@ Layouts, detected from the keys:
 
 from __future__ import annotations
 
+import functools
 import io
 import os
-import pickle
-import types
 import re
 import tempfile
 from pathlib import Path
@@ -34,74 +33,138 @@ FORMAT = "focalexp"
 
 
 # ---------------------------------------------------------------------------- reading
-def read_state(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint file safely (``weights_only=True``; ``.safetensors`` supported)."""
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint: no such file '{p}'")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
+# torch's legacy (pre-1.6, non-zip) files open with the pickled magic number 0x1950a86a20f9469cfc6c
+_TORCH_LEGACY_HEAD = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
+_MAX_NESTED = 4  # plain pickles of tensors hold torch files inside (torch.storage._load_from_bytes)
 
-        try:
-            return dict(load_file(str(p), device="cpu"))
-        except Exception as e:
-            raise CheckpointError(f"checkpoint: '{p}' is not a readable safetensors file ({_first_line(e)})") from None
-    data = p.read_bytes()
+
+def read_state(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+    """Read a checkpoint file without running anything from it.
+
+    Formats: torch's zip archives (``torch.save`` since 1.6), torch's legacy pickle format, plain
+    pickles (``pickle.dump`` of a state dict) and ``.safetensors``. Every pickle goes through one
+    allowlist (:data:`focalexp.unpickle.TENSORS` plus numpy values and config holders): tensors,
+    containers, numbers, strings and config objects load; any other global (a function to call, a
+    class to build) refuses the whole file before anything of it is imported or run. TorchScript
+    archives (programs, not weights) and torch's pre-2018 tar format are refused.
+
+    Every failure is a :class:`CheckpointError` of one line that names the file and says whether it is
+    missing, not a checkpoint, corrupt, or refused.
+    """
+    from ..fileio import input_file
+
+    p = input_file(path, what, CheckpointError)
     try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{what}: cannot read '{p}' ({e.strerror or e})") from None
+    kind = _sniff(data, p.suffix)
+    if kind == "empty":
+        raise CheckpointError(f"{what}: '{p}' is empty (0 bytes): not a checkpoint")
+    if kind == "safetensors":
+        return _read_safetensors(p, what)
+    if kind == "tar":
+        raise CheckpointError(f"{what}: '{p}' is a tar archive (torch's pre-2018 format or not a checkpoint); "
+                              "focalexp reads torch's zip and pickle formats and safetensors")
+    if kind == "text":
+        head = data[:40].decode("utf-8", "replace").strip().splitlines()[0][:30] if data.strip() else ""
+        raise CheckpointError(f"{what}: '{p}' is a text file (starts '{head}'), not a checkpoint")
+    return _load_pickled(data, p, what=what)
+
+
+def _sniff(data: bytes, suffix: str) -> str:
+    if not data:
+        return "empty"
+    if data[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "zip"
+    if suffix == ".safetensors" or (len(data) > 9 and data[8:9] == b"{" and
+                                    int.from_bytes(data[:8], "little") < len(data)):
+        return "safetensors"
+    if len(data) > 262 and data[257:262] == b"ustar":
+        return "tar"
+    if data[:1] == b"\x80" or data[:1] in b"(}]cq":  # pickle protocol >= 2, or the usual protocol 0/1 openings
+        return "pickle"
+    try:
+        data[:4096].decode("utf-8")
+        return "text"
+    except UnicodeDecodeError:
+        return "pickle" if data[:1] < b"\x80" else "binary"
+
+
+def _read_safetensors(p: Path, what: str) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    try:
+        return dict(load_file(str(p), device="cpu"))
+    except Exception as e:  # noqa: BLE001 - the library reports damage in many ways
+        raise CheckpointError(f"{what}: '{p}' is a corrupt safetensors file ({_first_line(e)})") from None
+
+
+def _load_pickled(data: bytes, p: Path, depth: int = 0, what: str = "checkpoint") -> Any:
+    import pickle
+
+    from .. import unpickle
+
+    table = _checkpoint_table()
+    try:
+        if data[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+            _refuse_torchscript(data, p, what)
+            return _torch_load(data, table)
+        if data.startswith(_TORCH_LEGACY_HEAD):
+            return _torch_load(data, table)
+        if depth >= _MAX_NESTED:
+            raise CheckpointError(f"{what}: '{p}' nests torch files more than {_MAX_NESTED} deep; refused")
+        nested = {("torch.storage", "_load_from_bytes"): lambda b: _load_pickled(bytes(b), p, depth + 1, what)}
+        return unpickle.loads(data, {**table, **nested})
+    except CheckpointError:
+        raise
+    except unpickle.RefusedGlobal as e:
+        raise CheckpointError(
+            f"{what}: refused '{p}': it asks to call or build '{e.qualname}', which is not a tensor, a "
+            "container or a known config type; nothing from the file was run (only weights are loaded: "
+            "re-save its state dict with torch.save if you trust where it came from)") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, TypeError, AttributeError,
+            RuntimeError, OverflowError, MemoryError, RecursionError, UnicodeDecodeError, OSError,
+            ImportError, AssertionError, SystemError) as e:
+        raise CheckpointError(f"{what}: '{p}' is corrupt or not a checkpoint ({_first_line(e)})") from None
+
+
+def _refuse_torchscript(data: bytes, p: Path, what: str) -> None:
+    """torch.load runs TorchScript archives as programs (torch.jit.load): refuse them, using torch's own
+    reader to list the records (as torch.load would see them)."""
+    import zipfile
+
+    try:
+        names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise CheckpointError(f"{what}: '{p}' is a corrupt zip archive ({_first_line(e)})") from None
+    if not any(n.endswith("/data.pkl") for n in names):
+        raise CheckpointError(f"{what}: '{p}' is a zip archive but not a torch checkpoint (no data.pkl; it holds "
+                              f"{', '.join(names[:3]) or 'nothing'})")
+    reader = torch._C.PyTorchFileReader(io.BytesIO(data))
+    records = reader.get_all_records()
+    if "constants.pkl" in records or any(r.startswith("code/") for r in records):
+        raise CheckpointError(f"{what}: '{p}' is a TorchScript program (torch.jit.save), not a weights file; "
+                              "programs are not run here: save its state_dict() with torch.save instead")
+    if "data.pkl" not in records:
+        raise CheckpointError(f"{what}: '{p}' is a zip archive but not a torch checkpoint (no data.pkl)")
+
+
+def _torch_load(data: bytes, table) -> Any:
+    from .. import unpickle
+
+    if os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "0").lower() in ("1", "y", "yes", "true"):
+        # torch then refuses any pickle_module; its own weights-only unpickler is an allowlist too
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as e:
-        first = e
-    # Official training checkpoints pickle their yacs config (a dict subclass, which the weights-only
-    # unpickler cannot rebuild) next to the weights: retry with an allowlist that adds config classes
-    # and nothing that can run code.
-    try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
-    except Exception:
-        pass
-    raise CheckpointError(
-        f"checkpoint: cannot read '{p}' with weights_only=True ({_first_line(first)}); "
-        "re-save just the state dict with torch.save(state_dict, path)"
-    ) from None
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False,
+                      pickle_module=unpickle.torch_pickle_module(table))
 
 
-_ALLOWED_GLOBALS = {
-    ("collections", "OrderedDict"),
-    ("torch._utils", "_rebuild_tensor_v2"),
-    ("torch._utils", "_rebuild_parameter"),
-    ("torch._utils", "_rebuild_parameter_with_state"),
-    ("torch._tensor", "_rebuild_from_type_v2"),
-    ("torch", "Size"),
-    ("torch", "device"),
-    ("torch", "Tensor"),
-    ("torch.nn.parameter", "Parameter"),
-    ("builtins", "set"),
-    ("builtins", "frozenset"),
-    ("builtins", "slice"),
-    ("builtins", "complex"),
-    ("_codecs", "encode"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("yacs.config", "CfgNode"),
-    ("argparse", "Namespace"),
-}
+@functools.lru_cache(maxsize=1)
+def _checkpoint_table() -> dict:
+    from .. import unpickle
 
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Rebuilds tensors, containers and config objects; refuses every other global."""
-
-    def find_class(self, module: str, name: str):
-        module = {"__builtin__": "builtins", "copy_reg": "copyreg"}.get(module, module)  # protocol-2 names
-        if (module, name) in _ALLOWED_GLOBALS or (
-            module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
-        ) or (module.startswith("numpy") and name.endswith("DType")):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed")
-
-
-_restricted_pickle = types.SimpleNamespace(
-    __name__="focalexp_restricted_pickle", Unpickler=_RestrictedUnpickler, load=pickle.load
-)
+    return dict(unpickle.TENSORS | unpickle.NUMPY | unpickle.CONFIGS)
 
 
 def _first_line(e: BaseException) -> str:
@@ -114,13 +177,21 @@ def unwrap(obj: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"checkpoint: expected a dict of tensors, got {type(obj).__name__}")
     if obj.get("format") == FORMAT:
-        return dict(obj["state_dict"]), obj.get("config")
+        sd, cfg = obj.get("state_dict"), obj.get("config")
+        if not isinstance(sd, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                  for k, v in sd.items()):
+            raise CheckpointError("checkpoint: a focalexp checkpoint whose 'state_dict' is not a dict of tensors "
+                                  "(corrupt)")
+        if cfg is not None and not isinstance(cfg, Mapping):
+            raise CheckpointError(f"checkpoint: a focalexp checkpoint whose 'config' is a {type(cfg).__name__}, "
+                                  "not a mapping (corrupt)")
+        return dict(sd), (dict(cfg) if cfg is not None else None)
     for key in ("model", "state_dict", "model_state", "model_ema"):
         inner = obj.get(key)
         if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
             obj = inner
             break
-    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    sd = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not sd:
         raise CheckpointError("checkpoint: found no tensors (expected a state dict, or one under 'model')")
     if all(k.startswith("module.") for k in sd):  # saved from DDP

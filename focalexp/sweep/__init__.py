@@ -22,7 +22,7 @@ from .status import RunState, counts, run_states
 from .store import SweepDir
 
 __all__ = ["load_spec", "parse_spec", "expand", "launch", "status", "collect", "report", "summarize",
-           "estimate", "SweepSpec", "Run", "RunState", "SweepDir", "axis_keys", "counts", "LaunchOutcome"]
+           "estimate", "preflight", "SweepSpec", "Run", "RunState", "SweepDir", "axis_keys", "counts", "LaunchOutcome"]
 
 
 def status(sweep_dir: str | Path) -> list[RunState]:
@@ -38,22 +38,37 @@ class LaunchOutcome:
     job_ids: list[str] = field(default_factory=list)
 
 
-def launch(spec: SweepSpec, sweep_dir: str | Path, *, runs: list[Run] | None = None, cluster: str | None = None,
-           retry_failed: bool = False, progress: Callable[[int, int], None] | None = None) -> LaunchOutcome:
-    """Submit the runs of ``spec`` that need it into ``sweep_dir`` (see :mod:`focalexp.sweep.launcher`)."""
-    from .launcher import current_states, ensure_importable_on_nodes, plan, resolve_cluster, submit_runs
+def preflight(spec: SweepSpec, sweep_dir: str | Path, *, allow_setup: bool = False) -> str:
+    """Every check that needs no run: the sweep dir (a directory that is ours or new), the launcher's
+    request against the machines (cores, memory, GPUs, nodes, partition) and shell setup lines. Nothing
+    is written. Returns the cluster the sweep goes to."""
+    from ..fileio import output_dir
+    from .launcher import check_launcher, ensure_importable_on_nodes, resolve_cluster
 
-    if cluster is not None:
-        spec.launcher.cluster = cluster
     which = resolve_cluster(spec.launcher)
-    runs = runs if runs is not None else expand(spec)
-    sweep = SweepDir(sweep_dir)
-    if sweep.exists():
+    sweep = SweepDir(output_dir(sweep_dir, "--dir"))
+    if sweep.path.is_dir() and sweep.manifest_path.exists():
         old = sweep.manifest()
         if old.get("name") != spec.name:
             raise ConfigError(f"--dir: '{sweep.path}' holds sweep '{old.get('name')}', not '{spec.name}'; "
                               "choose another dir")
+    check_launcher(spec.launcher, which, allow_setup=allow_setup)
     ensure_importable_on_nodes(which)
+    return which
+
+
+def launch(spec: SweepSpec, sweep_dir: str | Path, *, runs: list[Run] | None = None, cluster: str | None = None,
+           retry_failed: bool = False, progress: Callable[[int, int], None] | None = None,
+           allow_setup: bool = False) -> LaunchOutcome:
+    """Submit the runs of ``spec`` that need it into ``sweep_dir`` (see :mod:`focalexp.sweep.launcher`).
+    ``allow_setup``: run the spec's ``launcher.setup`` shell lines (refused otherwise)."""
+    from .launcher import current_states, plan, submit_runs
+
+    if cluster is not None:
+        spec.launcher.cluster = cluster
+    which = preflight(spec, sweep_dir, allow_setup=allow_setup)
+    runs = runs if runs is not None else expand(spec)
+    sweep = SweepDir(sweep_dir)
     with sweep.lock():
         states = current_states(sweep)
         p = plan(runs, states, retry_failed)

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..configtools import to_plain
-from ..errors import ConfigError, FocalexpError
+from ..errors import ConfigError, FocalexpError, did_you_mean
+from ..fileio import usable_cores
 from .job import RunJob
 from .spec import LauncherConfig, Run, SweepSpec
 from .status import RunState, run_states
@@ -35,6 +36,87 @@ def resolve_cluster(lc: LauncherConfig) -> str:
         raise ConfigError("launcher.cluster: 'slurm' but srun is not on PATH here (no SLURM client); "
                           "use 'local' or 'auto'")
     return lc.cluster
+
+
+def machine_memory_gb() -> float | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) / 2**20
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _sinfo_nodes() -> list[dict[str, Any]] | None:
+    """Partitions and node sizes as SLURM reports them (None when sinfo cannot answer)."""
+    try:
+        p = subprocess.run(["sinfo", "-h", "-N", "-o", "%N|%P|%m|%c"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if p.returncode != 0:
+        return None
+    nodes = []
+    for line in p.stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) != 4:
+            continue
+        try:
+            nodes.append({"node": parts[0], "partition": parts[1].rstrip("*"), "mem_gb": int(parts[2]) / 1024,
+                          "cpus": int(parts[3])})
+        except ValueError:
+            continue
+    return nodes or None
+
+
+def check_launcher(lc: LauncherConfig, cluster: str, *, allow_setup: bool = False) -> None:
+    """Refuse, before anything is written or submitted, a request that no machine here can meet, and shell
+    lines (``launcher.setup``) that a spec file would run unless the caller allows them."""
+    if lc.setup and not allow_setup:
+        raise ConfigError(f"launcher.setup: the spec asks to run {len(lc.setup)} shell line(s) before each job "
+                          f"({lc.setup[0][:60]!r}); a spec file runs no commands unless you pass --allow-setup "
+                          "(Python: launch(..., allow_setup=True))")
+    if cluster in ("local", "debug"):
+        if lc.nodes != 1:
+            raise ConfigError(f"launcher.nodes: a local run has one node, got {lc.nodes}; use cluster slurm for more")
+        cores = usable_cores()
+        if lc.cpus_per_task and lc.cpus_per_task * lc.tasks_per_node > cores:
+            raise ConfigError(f"launcher.cpus_per_task: {lc.cpus_per_task} x {lc.tasks_per_node} task(s) but this "
+                              f"machine has {cores} cores; at most {max(1, cores // lc.tasks_per_node)}")
+        mem = machine_memory_gb()
+        if lc.mem_gb is not None and mem is not None and lc.mem_gb > mem:
+            raise ConfigError(f"launcher.mem_gb: {lc.mem_gb:g} GB but this machine has {mem:.1f} GB")
+        if lc.gpus_per_node:
+            import torch
+
+            n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if lc.gpus_per_node > n:
+                raise ConfigError(f"launcher.gpus_per_node: {lc.gpus_per_node} but this machine has "
+                                  + ("no GPU" if n == 0 else f"{n} GPU(s)") + "; use 0, or cluster slurm")
+        return
+    if cluster != "slurm":
+        return
+    nodes = _sinfo_nodes()
+    if nodes is None:
+        return
+    parts = sorted({n["partition"] for n in nodes})
+    if lc.partition is not None:
+        if lc.partition not in parts:
+            raise ConfigError(f"launcher.partition: '{lc.partition}' is not a partition of this cluster"
+                              f"{did_you_mean(lc.partition, parts)}; partitions: {', '.join(parts)}")
+        nodes = [n for n in nodes if n["partition"] == lc.partition]
+    where = f"partition '{lc.partition}'" if lc.partition else "this cluster"
+    mem = max(n["mem_gb"] for n in nodes)
+    if lc.mem_gb is not None and mem > 0 and lc.mem_gb > mem:
+        raise ConfigError(f"launcher.mem_gb: {lc.mem_gb:g} GB but the largest node of {where} has {mem:.1f} GB")
+    cpus = max(n["cpus"] for n in nodes)
+    if lc.cpus_per_task and lc.cpus_per_task * lc.tasks_per_node > cpus:
+        raise ConfigError(f"launcher.cpus_per_task: {lc.cpus_per_task} x {lc.tasks_per_node} task(s) but the "
+                          f"largest node of {where} has {cpus} CPUs")
+    count = len({n["node"] for n in nodes})
+    if lc.nodes > count:
+        raise ConfigError(f"launcher.nodes: {lc.nodes} but {where} has {count} node(s)")
 
 
 def max_array_size(lc: LauncherConfig) -> int:
@@ -56,7 +138,7 @@ def max_array_size(lc: LauncherConfig) -> int:
 def local_parallelism(lc: LauncherConfig) -> int:
     if lc.array_parallelism:
         return lc.array_parallelism
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     return max(1, cores // (lc.cpus_per_task or cores))
 
 

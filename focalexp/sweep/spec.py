@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 from ..configtools import build, content_hash, load_yaml, to_plain
 from ..configtools import opt as _f
@@ -119,9 +120,17 @@ def apply_spec_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> d
 
 
 def load_spec(path: str | Path, overrides: Mapping[str, Any] | None = None) -> SweepSpec:
-    raw = load_yaml(path)
+    raw = load_yaml(path, "spec")
+    if raw is None:
+        raise ConfigError(f"spec: '{path}' is empty; a sweep spec is a mapping with keys name, base, grid, ...")
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"{path}: expected a mapping with keys name, base, grid, ... (got {type(raw).__name__})")
+        raise ConfigError(f"spec: '{path}': expected a mapping with keys name, base, grid, ... "
+                          f"(got a {type(raw).__name__})")
+    run_keys = {"recipe", "model", "data", "train", "eval"}
+    if raw and not ({"name", "base", "grid", "zip"} & set(raw)) and set(raw) <= run_keys | {"seed"}:
+        raise ConfigError(f"spec: '{path}' looks like a run config (sections {', '.join(map(str, raw))}), not a "
+                          f"sweep spec; run it with `focalexp train {path} --out DIR`, or put it under 'base:' "
+                          "of a spec")
     return parse_spec(dict(raw), overrides, source=str(path))
 
 
@@ -176,20 +185,50 @@ def axis_keys(spec: SweepSpec) -> list[str]:
     return keys
 
 
+MAX_RUNS = 10_000  # above this a sweep needs --yes (expanding validates every run: ~0.1 s each today)
+
+
+def count_runs(spec: SweepSpec, exact_up_to: int = 1_000_000) -> tuple[int, bool]:
+    """How many runs the spec makes, without building them: ``(n, exact)``. The cartesian size (times
+    seeds) when no ``exclude`` rule applies; with rules, the points are walked lazily when there are at
+    most ``exact_up_to`` of them, else the cartesian size is an upper bound (``exact`` False)."""
+    sizes = [len(v) for v in spec.grid.values()] + [len(next(iter(g.values()))) for g in spec.zip]
+    total = math.prod(sizes) * len(spec.seeds)
+    if not spec.exclude:
+        return total, True
+    if total > exact_up_to:
+        return total, False
+    return sum(1 for _ in _iter_points(spec)) * len(spec.seeds), True
+
+
+def check_run_count(spec: SweepSpec, limit: int | None = MAX_RUNS) -> int:
+    """Refuse, within moments, a sweep of more than ``limit`` runs (None: no limit)."""
+    n, exact = count_runs(spec)
+    if limit is not None and n > limit:
+        shape = " x ".join([str(len(v)) for v in spec.grid.values()] + [str(len(next(iter(g.values()))))
+                                                                      for g in spec.zip])
+        raise ConfigError(f"grid: {'' if exact else 'up to '}{n:,} runs ({shape or '1'} points x {len(spec.seeds)} "
+                          f"seed(s)); more than {limit:,} needs --yes (each run is validated before anything "
+                          "is submitted), or trim the grid")
+    return n
+
+
 def _points(spec: SweepSpec) -> list[dict[str, Any]]:
+    return list(_iter_points(spec))
+
+
+def _iter_points(spec: SweepSpec) -> Iterator[dict[str, Any]]:
     dims: list[list[dict[str, Any]]] = [[{k: v} for v in vals] for k, vals in spec.grid.items()]
     for group in spec.zip:
         keys = list(group)
         n = len(group[keys[0]])
         dims.append([{k: group[k][i] for k in keys} for i in range(n)])
-    points = []
     for combo in itertools.product(*dims):
         p: dict[str, Any] = {}
         for part in combo:
             p.update(part)
         if not any(_matches(p, rule) for rule in spec.exclude):
-            points.append(p)
-    return points
+            yield p
 
 
 def _matches(point: Mapping[str, Any], rule: Mapping[str, Any]) -> bool:
@@ -200,10 +239,12 @@ def _matches(point: Mapping[str, Any], rule: Mapping[str, Any]) -> bool:
     return True
 
 
-def expand(spec: SweepSpec, *, check_data_present: bool = True) -> list[Run]:
-    """Every run of the sweep, resolved and validated; errors name the run and the key."""
+def expand(spec: SweepSpec, *, check_data_present: bool = True, max_runs: int | None = None) -> list[Run]:
+    """Every run of the sweep, resolved and validated; errors name the run and the key. With ``max_runs``,
+    a larger sweep is refused at once (see :func:`check_run_count`)."""
     from ..train.config import resolve_run_config
 
+    check_run_count(spec, max_runs)
     points = _points(spec)
     if not points:
         raise ConfigError("grid: every combination is excluded; the sweep has no runs")

@@ -8,7 +8,7 @@ waited on. Local: the run dir's claim (the task's pid) and submitit's result pic
 
 from __future__ import annotations
 
-import pickle
+import os
 import re
 import subprocess
 from dataclasses import asdict, dataclass, field
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .job import holder_alive, read_claim
+from ..fileio import inside
 from .store import SweepDir
 
 STATES = ("done", "running", "queued", "requeued", "stopped", "failed", "cancelled", "missing", "unknown")
@@ -96,30 +97,38 @@ def slurm_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
     return states
 
 
-def _tail(path: str | None, n: int = 15) -> list[str]:
-    if not path:
+def _tail(path: str | None, sweep: SweepDir, n: int = 15) -> list[str]:
+    """The last lines of a job log; only a file inside the sweep dir is read (jobs.jsonl is a user file)."""
+    p = inside(sweep.path, Path(path).absolute()) if isinstance(path, str) and path else None
+    if p is None:
         return []
     try:
-        lines = Path(path).read_text(errors="replace").splitlines()
+        with open(p, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 64 * 1024))
+            lines = f.read().decode("utf-8", "replace").splitlines()
     except OSError:
         return []
     return lines[-n:]
 
 
-def _submitit_error(event: dict[str, Any]) -> str | None:
-    """The last line of the remote traceback submitit pickled, if the job raised."""
-    p = event.get("result_pickle")
-    if not p or not Path(p).exists():
+def _submitit_error(event: dict[str, Any], sweep: SweepDir) -> str | None:
+    """The last line of the remote traceback submitit pickled, if the job raised. The pickle is read through
+    the plain-data allowlist (no globals at all), and only from inside the sweep dir."""
+    from .. import unpickle
+
+    raw = event.get("result_pickle")
+    p = inside(sweep.path, Path(raw).absolute()) if isinstance(raw, str) and raw else None
+    if p is None or not p.is_file() or p.stat().st_size > 16 * 2**20:
         return None
     try:
-        with open(p, "rb") as f:
-            kind, value = pickle.load(f)
-    except Exception:  # noqa: BLE001 - a half-written pickle is no error report
+        obj = unpickle.loads(p.read_bytes(), unpickle.PLAIN)
+        kind, value = obj
+    except Exception:  # noqa: BLE001 - a half-written or foreign pickle is no error report
         return None
     if kind != "error":
         return None
     lines = [ln for ln in str(value).strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else "error"
+    return lines[-1][:500] if lines else "error"
 
 
 def run_states(sweep: SweepDir) -> list[RunState]:
@@ -151,7 +160,7 @@ def run_states(sweep: SweepDir) -> list[RunState]:
         else:
             _local_state(st, job, sweep, rstat)
         if st.state in ("failed", "cancelled"):
-            st.log_tail = _tail(st.log)
+            st.log_tail = _tail(st.log, sweep)
         states.append(st)
     return states
 
@@ -162,7 +171,7 @@ def _slurm_state(st: RunState, sched: tuple[str, str] | None, job: dict, sweep: 
         if claim and holder_alive(claim):
             st.state = "running"
             return
-        err = _submitit_error(job)
+        err = _submitit_error(job, sweep)
         st.state = "failed"
         st.reason = err or f"job {st.job_id} is gone without a result and the scheduler has no record of it"
         return
@@ -177,7 +186,7 @@ def _slurm_state(st: RunState, sched: tuple[str, str] | None, job: dict, sweep: 
     elif state.startswith("CANCELLED"):
         st.state, st.reason = "cancelled", f"job {st.job_id} cancelled ({why})"
     elif state in _FAILED:
-        err = _submitit_error(job)
+        err = _submitit_error(job, sweep)
         st.state, st.reason = "failed", f"{state} ({why})" + (f": {err}" if err else "")
     elif state == "COMPLETED":
         claim = read_claim(sweep.run_dir(st.run_id))
@@ -205,7 +214,7 @@ def _local_state(st: RunState, job: dict, sweep: SweepDir, rstat: str | None) ->
     if pid_alive(int(job.get("pid") or -1)) and job.get("cluster") == "local":
         st.state = "queued" if not claim else "running"
         return
-    err = _submitit_error(job)
+    err = _submitit_error(job, sweep)
     if err:
         st.state, st.reason = "failed", err
     elif rstat in ("running", "interrupted", "stopped") or (sweep.run_dir(st.run_id) / "last.pth").exists():

@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,6 +28,9 @@ import yaml
 from ..errors import FocalexpError
 from ..fileio import atomic_write_text
 from .spec import Run, SweepSpec, axis_keys
+
+
+RUN_ID = re.compile(r"^[0-9a-f]{12}$")
 
 
 class SweepLocked(FocalexpError):
@@ -101,9 +105,41 @@ class SweepDir:
         atomic_write_text(self.manifest_path, json.dumps(manifest, indent=1))
 
     def manifest(self) -> dict[str, Any]:
+        """``sweep.json``, checked: a sweep dir is a user file like any other (hand-edited, cut short by a
+        full disk, or hostile); every problem is one line that says it is corrupt."""
+        if not self.path.exists():
+            raise FocalexpError(f"{self.path}: no such sweep dir")
+        if not self.path.is_dir():
+            raise FocalexpError(f"{self.path}: is a file, not a sweep dir")
         if not self.exists():
             raise FocalexpError(f"{self.path}: not a sweep dir (no sweep.json); run `focalexp sweep SPEC` first")
-        return json.loads(self.manifest_path.read_text())
+        bad = f"{self.manifest_path}: sweep.json is corrupt"
+        try:
+            raw = self.manifest_path.read_bytes()
+            if len(raw) > 256 * 2**20:
+                raise FocalexpError(f"{bad} (larger than 256 MB)")
+            m = json.loads(raw.decode("utf-8"))
+        except (OSError, ValueError, RecursionError) as e:
+            raise FocalexpError(f"{bad} ({type(e).__name__}: {str(e)[:120]})") from None
+        if not isinstance(m, dict):
+            raise FocalexpError(f"{bad} (expected an object, got a {type(m).__name__})")
+        runs, axes = m.get("runs"), m.get("axes", [])
+        if not isinstance(runs, list):
+            raise FocalexpError(f"{bad}: it has no list of runs")
+        if not isinstance(axes, list) or not all(isinstance(a, str) for a in axes):
+            raise FocalexpError(f"{bad}: 'axes' is not a list of names")
+        if not isinstance(m.get("name"), str):
+            raise FocalexpError(f"{bad}: it has no name")
+        for i, r in enumerate(runs):
+            if not isinstance(r, dict) or not isinstance(r.get("run_id"), str) or not RUN_ID.match(r["run_id"]):
+                rid = r.get("run_id") if isinstance(r, dict) else r
+                raise FocalexpError(f"{bad}: runs[{i}] has run_id {str(rid)[:40]!r}, expected 12 hex digits")
+            if not isinstance(r.get("axes", {}), dict) or not isinstance(r.get("seed", 0), int):
+                raise FocalexpError(f"{bad}: runs[{i}] has malformed axes or seed")
+            r.setdefault("axes", {})
+            r.setdefault("seed", 0)
+        m["axes"] = axes
+        return m
 
     def run_config(self, run_id: str) -> dict[str, Any]:
         return json.loads((self.run_dir(run_id) / "run.json").read_text())
@@ -121,23 +157,26 @@ class SweepDir:
         if not self.jobs_path.exists():
             return []
         out = []
-        for line in self.jobs_path.read_text().splitlines():
+        for line in self.jobs_path.read_text(errors="replace").splitlines():
             try:
-                out.append(json.loads(line))
-            except ValueError:  # a line torn by a kill mid-write
+                e = json.loads(line)
+            except (ValueError, RecursionError):  # a line torn by a kill mid-write
                 continue
+            if isinstance(e, dict) and isinstance(e.get("run_id"), str):  # anything else is not ours
+                out.append(e)
         return out
 
     def latest_jobs(self) -> dict[str, dict[str, Any]]:
         """run id -> its latest "submitted" event."""
         latest: dict[str, dict[str, Any]] = {}
         for e in self.events():
-            if e.get("event") == "submitted":
+            if e.get("event") == "submitted" and isinstance(e.get("job_id"), (str, int)):
                 latest[e["run_id"]] = e
         return latest
 
     def result(self, run_id: str) -> dict[str, Any] | None:
         try:
-            return json.loads((self.run_dir(run_id) / "result.json").read_text())
-        except (OSError, ValueError):
+            res = json.loads((self.run_dir(run_id) / "result.json").read_text())
+        except (OSError, ValueError, RecursionError):
             return None
+        return res if isinstance(res, dict) else None

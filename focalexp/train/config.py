@@ -200,7 +200,8 @@ def validate(cfg: RunConfig, data_present: bool = True) -> None:
     except FocalexpError as e:
         msg = str(e)
         if msg.startswith("unknown model key '"):
-            msg = "unknown key 'model." + msg[len("unknown model key '"):]
+            msg = "unknown key 'model." + msg[len("unknown model key '"):].replace("(did you mean '",
+                                                                                   "(did you mean 'model.")
         elif not msg.startswith(("model.", "unknown model", "unknown key")):
             msg = f"model.{msg}"
         raise type(e)(msg) from None
@@ -225,7 +226,14 @@ def validate(cfg: RunConfig, data_present: bool = True) -> None:
 def load_run_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None,
                     model: str | None = None) -> RunConfig:
     """Read a run config YAML (or none: the recipe's defaults) and resolve it."""
-    raw = load_yaml(path) if path is not None else {}
-    if raw is not None and not isinstance(raw, Mapping):
-        raise ConfigError(f"{path}: expected a mapping with sections {', '.join(SECTIONS)}")
-    return resolve_run_config(raw or {}, overrides, model)
+    raw = load_yaml(path, "config") if path is not None else {}
+    if raw is None:
+        raise ConfigError(f"config: '{path}' is empty; a run config is a mapping with sections "
+                          f"{', '.join(SECTIONS)}")
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"config: '{path}': expected a mapping with sections {', '.join(SECTIONS)}, "
+                          f"got a {type(raw).__name__}")
+    if "grid" in raw or ("base" in raw and "name" in raw):
+        raise ConfigError(f"config: '{path}' looks like a sweep spec (it has {'grid' if 'grid' in raw else 'base'}:), "
+                          f"not a run config; run it with `focalexp sweep {path}`")
+    return resolve_run_config(raw, overrides, model)

@@ -258,19 +258,17 @@ class Trainer:
             atomic_save(self._state(epoch, step), self.out / "last.pth")
         barrier(self.dist)
 
-    def _load(self, path: Path) -> tuple[int, int]:
-        st = read_state(path)
-        if st.get("format") != RUN_FORMAT:
-            raise ConfigError(f"--resume: '{path}' is not a focalexp run checkpoint (last.pth)")
-        if st["run_id"] != self.cfg.run_id:
-            diff = _first_difference(st["experiment"], self.cfg.experiment_dict())
-            raise ConfigError(f"--resume: '{path}' belongs to a different config ({diff})")
-        self.model.load_state_dict(st["model"])
-        self.optimizer.load_state_dict(st["optimizer"])
-        self.scheduler.load_state_dict(st["scheduler"])
-        self.scaler.load_state_dict(st["scaler"])
-        if self.ema is not None and st["ema"] is not None:
-            self.ema.load_state_dict(st["ema"])
+    def _load(self, st: dict) -> tuple[int, int]:
+        try:
+            self.model.load_state_dict(st["model"])
+            self.optimizer.load_state_dict(st["optimizer"])
+            self.scheduler.load_state_dict(st["scheduler"])
+            self.scaler.load_state_dict(st["scaler"])
+            if self.ema is not None and st["ema"] is not None:
+                self.ema.load_state_dict(st["ema"])
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise ConfigError(f"--resume: '{self._resume_from}' does not fit this run ({first})") from None
         self.global_step, self.best_top1 = st["global_step"], st["best_top1"]
         self.metrics, self.running = list(st["metrics"]), dict(st["running"])
         self.train_seconds, self.train_samples = st["train_seconds"], st["train_samples"]
@@ -320,23 +318,25 @@ class Trainer:
 
     def _run(self) -> dict:
         main = self.dist.is_main
-        self._build()  # everything that can fail on bad input happens before the run dir exists
-        if main and self.progress is not False:
-            c = self.cfg
-            print(f"run {c.run_id}: {c.model.get('preset')} on {c.data.dataset} ({len(self.data.train)} images), "
-                  f"recipe {c.recipe}, {c.train.epochs} epochs, {self.device}, {self.dist.world_size} process(es) "
-                  f"-> {self.out}", file=sys.stderr)
-        if main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.out / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        self._resume_from = self.resume_path or (self.out / "last.pth" if (self.out / "last.pth").exists() else None)
+        # everything that can fail on bad input happens before the run dir is written
+        resume = read_run_checkpoint(self._resume_from, self.cfg) if self._resume_from is not None else None
+        self._build()
         self.global_step, self.best_top1 = 0, -1.0
         self.metrics: list[dict] = []
         self.running: dict[str, float] = {"loss_sum": 0.0, "count": 0, "seconds": 0.0, "samples": 0}
         self.train_seconds, self.train_samples = 0.0, 0
         epoch, start = 0, 0
-        resume = self.resume_path or (self.out / "last.pth" if (self.out / "last.pth").exists() else None)
         if resume is not None:
             epoch, start = self._load(resume)
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        if main and self.progress is not False:
+            c = self.cfg
+            print(f"run {c.run_id}: {c.model.get('preset')} on {c.data.dataset} ({len(self.data.train)} images), "
+                  f"recipe {c.recipe}, {c.train.epochs} epochs, {self.device}, {self.dist.world_size} process(es) "
+                  f"-> {self.out}", file=sys.stderr)
         result_base = self._result_base()
         if main and epoch == 0 and start == 0:
             write_json(self.out / "result.json", {**result_base, "status": "running"})
@@ -503,13 +503,51 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, resume: str | os.PathLike |
     return Trainer(cfg, out, resume=resume, progress=progress).run()
 
 
+RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "ema", "epoch", "step", "global_step", "best_top1",
+               "metrics", "running", "train_seconds", "train_samples", "rng")
+
+
+def read_run_checkpoint(path: str | os.PathLike, cfg: RunConfig, what: str = "--resume") -> dict:
+    """A run's ``last.pth``, read through the allowlist and checked against ``cfg`` before anything is
+    built or written: the format, the experiment (run id) and every key a resume needs."""
+    st = read_state(path, what)
+    if not isinstance(st, dict) or st.get("format") != RUN_FORMAT:
+        raise ConfigError(f"{what}: '{path}' is not a focalexp run checkpoint (last.pth); to start from weights "
+                          "alone use model.checkpoint")
+    if st.get("run_id") != cfg.run_id:
+        exp = st.get("experiment")
+        diff = _first_difference(exp, cfg.experiment_dict()) if isinstance(exp, dict) else "no experiment recorded"
+        raise ConfigError(f"{what}: '{path}' belongs to a different config ({diff})")
+    missing = [k for k in RESUME_KEYS if k not in st]
+    if missing:
+        raise ConfigError(f"{what}: '{path}' is damaged: it lacks {', '.join(missing)}")
+    bad = [k for k, t in (("model", dict), ("optimizer", dict), ("scheduler", dict), ("scaler", dict),
+                          ("epoch", int), ("step", int), ("global_step", int), ("metrics", list),
+                          ("running", dict), ("rng", dict)) if not isinstance(st[k], t)]
+    if bad:
+        raise ConfigError(f"{what}: '{path}' is damaged: {', '.join(bad)} has the wrong type")
+    if not 0 <= st["epoch"] <= cfg.train.epochs or st["step"] < 0:
+        raise ConfigError(f"{what}: '{path}' is damaged: epoch {st['epoch']} is outside 0..{cfg.train.epochs}")
+    return st
+
+
 def check_out_dir(cfg: RunConfig, out: Path) -> None:
     """A run dir may only be reused by the same experiment (operational knobs may differ)."""
+    from ..configtools import load_yaml
+    from ..fileio import output_dir
     from .config import resolve_run_config
 
+    output_dir(out, "--out")
     saved = out / "config.yaml"
     if saved.exists():
-        old = resolve_run_config(yaml.safe_load(saved.read_text())).experiment_dict()
+        raw = load_yaml(saved, "--out")
+        if not isinstance(raw, dict):
+            raise ConfigError(f"--out: '{saved}' is not a focalexp run config; choose another --out")
+        try:
+            old = resolve_run_config(raw, check_data_present=False).experiment_dict()
+        except FocalexpError as e:
+            raise ConfigError(f"--out: '{saved}' is not a run config focalexp can read ({e}); "
+                              "choose another --out") from None
         if old != cfg.experiment_dict():
             raise ConfigError(f"--out: '{out}' holds a run with a different config "
                               f"({_first_difference(old, cfg.experiment_dict())}); choose another --out")

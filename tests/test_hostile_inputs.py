@@ -1,0 +1,448 @@
+"""Bad and hostile input, as a table: every case ends with exit code 2 and one line on stderr that names the
+bad key or value (and the closest valid choice where there is one), no traceback, nothing written to
+disk, nothing submitted, and nothing from a file executed (the payloads would create MARKER).
+
+Each row runs the real CLI in-process, inside an empty working directory (so a default ``sweeps/NAME``
+or run dir would show up); the directory tree is compared before and after.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from . import hostile
+from .conftest import TINY_MODEL, make_image_folder, tiny_run
+
+MARKER = "MARKER"
+
+
+@dataclass
+class Case:
+    id: str
+    argv: list[str]  # "{tmp}" and "{marker}" are filled in
+    needles: tuple[str, ...]
+    setup: Callable[[Path], None] | None = None
+    marks: list = field(default_factory=list)
+
+
+def write(rel: str, content: str | bytes) -> Callable[[Path], None]:
+    def _setup(tmp: Path) -> None:
+        p = tmp / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return _setup
+
+
+def both(*setups: Callable[[Path], None]) -> Callable[[Path], None]:
+    def _setup(tmp: Path) -> None:
+        for s in setups:
+            s(tmp)
+    return _setup
+
+
+def yaml_file(rel: str, obj) -> Callable[[Path], None]:
+    return write(rel, yaml.safe_dump(obj, sort_keys=False))
+
+
+def spec(**over) -> dict:
+    base = tiny_run()
+    base.pop("seed")
+    s = {"name": "t", "base": base, "grid": {"model.focal_levels": [1, 2]},
+         "launcher": {"cluster": "local", "cpus_per_task": 1}}
+    s.update(over)
+    return s
+
+
+def spec_file(rel: str = "s.yaml", **over) -> Callable[[Path], None]:
+    return yaml_file(rel, spec(**over))
+
+
+def launcher(**over) -> dict:
+    return {"cluster": "local", "cpus_per_task": 1, **over}
+
+
+def evil_file(rel: str, kind: str) -> Callable[[Path], None]:
+    def _setup(tmp: Path) -> None:
+        (tmp / rel).write_bytes(hostile.evil_checkpoints(tmp / MARKER)[kind])
+    return _setup
+
+
+def image_folder(classes: tuple[str, ...] = ("a", "b"), with_images: bool = True, val: tuple[str, ...] | None = None):
+    def _setup(tmp: Path) -> None:
+        from PIL import Image
+
+        for split, names in (("train", classes), ("val", val if val is not None else classes)):
+            for c in names:
+                d = tmp / "data" / split / c
+                d.mkdir(parents=True, exist_ok=True)
+                if with_images:
+                    Image.new("RGB", (8, 8)).save(d / "0.png")
+                else:
+                    (d / "notes.txt").write_text("no images here")
+    return _setup
+
+
+def run_ckpt(rel: str, mutate: Callable[[dict], None] | None = None) -> Callable[[Path], None]:
+    """A focalexp run checkpoint (last.pth) of the tiny run, optionally damaged."""
+    def _setup(tmp: Path) -> None:
+        from focalexp.train.config import resolve_run_config
+
+        from focalexp.overrides import parse_set_args
+
+        cfg = resolve_run_config({}, parse_set_args([TRAIN[i + 1] for i, a in enumerate(TRAIN) if a == "--set"]))
+        st = {"format": "focalexp-run", "version": 1, "config": cfg.to_dict(), "run_id": cfg.run_id,
+              "experiment": cfg.experiment_dict(), "model": {}, "epoch": 0, "step": 0}
+        if mutate:
+            mutate(st)
+        torch.save(st, tmp / rel)
+    return _setup
+
+
+def sweep_dir(manifest: str | None, rel: str = "sw") -> Callable[[Path], None]:
+    def _setup(tmp: Path) -> None:
+        d = tmp / rel
+        d.mkdir(parents=True)
+        if manifest is not None:
+            (d / "sweep.json").write_text(manifest)
+    return _setup
+
+
+GOOD_MANIFEST = json.dumps({"name": "t", "axes": ["model.focal_levels"], "task": "train", "cluster": "local",
+                            "runs": [{"run_id": "0123456789ab", "axes": {"model.focal_levels": 1}, "seed": 0}]})
+TRAIN = ["train", "--set", "data.train_size=64", "--set", "data.val_size=32", "--set", "model.embed_dim=16",
+         "--set", "model.depths=[1,1,1]", "--set", "train.batch_size=32", "--set", "train.epochs=1"]
+VIZ = ["viz", "--model", "focalnet_micro", "--what", "kernels", "--out", "{tmp}/fig.png"]
+
+CASES: list[Case] = []
+
+
+def case(id: str, argv: list[str], *needles: str, setup=None, marks=()) -> None:
+    CASES.append(Case(id, argv, needles, setup, list(marks)))
+
+
+# -- checkpoints that would run code, in every format torch reads (three entry points)
+for kind in ["plain_pickle_p0", "plain_pickle_p2", "plain_pickle_p4", "plain_pickle_p5", "plain_pickle_exec",
+             "plain_pickle_inst", "plain_pickle_obj", "plain_pickle_ext", "plain_pickle_nested_torch", "torch_zip",
+             "torch_zip_exec", "torch_zip_tensor_rebuild", "torch_legacy", "torch_legacy_header",
+             "zip_with_evil_pickle"]:
+    case(f"viz-checkpoint-{kind}", [*VIZ, "--checkpoint", "{tmp}/evil.pth"], "refused", "evil.pth",
+         setup=evil_file("evil.pth", kind))
+for kind in ["plain_pickle_p2", "torch_zip", "torch_legacy", "torch_legacy_header", "zip_with_evil_pickle"]:
+    case(f"train-resume-{kind}", [*TRAIN, "--out", "{tmp}/run", "--resume", "{tmp}/evil.pth"], "refused",
+         setup=evil_file("evil.pth", kind))
+    case(f"viz-baseline-{kind}", [*VIZ[:4], "erf", "--baseline", "resnet18={tmp}/evil.pth", "--out", "{tmp}/f.png"],
+         "refused", setup=evil_file("evil.pth", kind))
+case("viz-checkpoint-build-on-class", [*VIZ, "--checkpoint", "{tmp}/evil.pth"], "corrupt", "BUILD",
+     setup=evil_file("evil.pth", "plain_pickle_build_class"))
+case("viz-checkpoint-torchscript", [*VIZ, "--checkpoint", "{tmp}/ts.pt"], "TorchScript program",
+     setup=evil_file("ts.pt", "torchscript"))
+
+# -- checkpoints that are damaged or not checkpoints at all
+case("ckpt-empty", [*VIZ, "--checkpoint", "{tmp}/e.pth"], "is empty", "not a checkpoint", setup=write("e.pth", b""))
+case("ckpt-text", [*VIZ, "--checkpoint", "{tmp}/t.pth"], "text file", "not a checkpoint",
+     setup=write("t.pth", "model: focalnet\n"))
+case("ckpt-random-bytes", [*VIZ, "--checkpoint", "{tmp}/r.pth"], "not a checkpoint",
+     setup=write("r.pth", bytes(np.random.default_rng(0).integers(128, 256, 512, dtype=np.uint8))))
+case("ckpt-truncated-zip", [*VIZ, "--checkpoint", "{tmp}/c.pth"], "corrupt",
+     setup=write("c.pth", hostile.torch_zip({"w": torch.zeros(1000)})[:700]))
+case("ckpt-truncated-legacy", [*VIZ, "--checkpoint", "{tmp}/c.pth"], "corrupt",
+     setup=write("c.pth", hostile.torch_legacy({"w": torch.zeros(1000)})[:300]))
+case("ckpt-zip-not-torch", [*VIZ, "--checkpoint", "{tmp}/z.pth"], "not a torch checkpoint",
+     setup=write("z.pth", (lambda b: (b.getvalue()))(
+         (lambda buf: (zipfile.ZipFile(buf, "w").writestr("hello.txt", "hi") or buf))(__import__("io").BytesIO()))))
+def _tar(tmp: Path) -> None:
+    import tarfile
+
+    (tmp / "storages").write_bytes(b"x" * 10)
+    with tarfile.open(tmp / "t.tar", "w") as t:
+        t.add(tmp / "storages", arcname="storages")
+    (tmp / "storages").unlink()
+
+
+case("ckpt-tar", [*VIZ, "--checkpoint", "{tmp}/t.tar"], "tar archive", setup=_tar)
+case("ckpt-safetensors-garbage", [*VIZ, "--checkpoint", "{tmp}/m.safetensors"], "corrupt safetensors",
+     setup=write("m.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage"))
+case("ckpt-list", [*VIZ, "--checkpoint", "{tmp}/l.pth"], "expected a dict of tensors",
+     setup=lambda tmp: torch.save([torch.zeros(1)], tmp / "l.pth"))
+case("ckpt-no-tensors", [*VIZ, "--checkpoint", "{tmp}/n.pth"], "found no tensors",
+     setup=lambda tmp: torch.save({"a": "b"}, tmp / "n.pth"))
+case("ckpt-wrong-model", [*VIZ, "--checkpoint", "{tmp}/w.pth"], "does not fit the model",
+     setup=lambda tmp: torch.save({"stem.proj.weight": torch.zeros(3)}, tmp / "w.pth"))
+case("ckpt-directory", [*VIZ, "--checkpoint", "{tmp}"], "is a directory")
+case("ckpt-missing", [*VIZ, "--checkpoint", "{tmp}/nope.pth"], "no such file")
+case("ckpt-under-a-file", [*VIZ, "--checkpoint", "{tmp}/f.txt/x.pth"], "is a file", setup=write("f.txt", "x"))
+
+# -- train --resume
+case("resume-missing", [*TRAIN, "--out", "{tmp}/run", "--resume", "{tmp}/nope.pth"], "--resume", "no such file")
+case("resume-corrupt", [*TRAIN, "--out", "{tmp}/run", "--resume", "{tmp}/c.pth"], "corrupt",
+     setup=write("c.pth", hostile.torch_zip({"w": torch.zeros(1000)})[:700]))
+case("resume-weights-only", [*TRAIN, "--out", "{tmp}/run", "--resume", "{tmp}/w.pth"],
+     "not a focalexp run checkpoint", setup=lambda tmp: torch.save({"w": torch.zeros(1)}, tmp / "w.pth"))
+case("resume-other-config", [*TRAIN, "--out", "{tmp}/run", "--resume", "{tmp}/last.pth"], "different config",
+     setup=run_ckpt("last.pth", lambda st: st.update(run_id="ffffffffffff",
+                                                    experiment={**st["experiment"], "seed": 7})))
+case("resume-damaged-run-checkpoint", [*TRAIN, "--set", "train.threads=2", "--out", "{tmp}/run", "--resume",
+                                       "{tmp}/last.pth"], "optimizer", setup=run_ckpt("last.pth"))
+
+# -- YAML files given as specs or run configs
+case("spec-binary", ["sweep", "{tmp}/s.yaml"], "not a text file", setup=write("s.yaml", b"\x89PNG\r\n\x1a\n\xff\xfe"))
+case("spec-nul-bytes", ["sweep", "{tmp}/s.yaml"], "NUL", setup=write("s.yaml", "name: a\x00\n"))
+case("spec-empty", ["sweep", "{tmp}/s.yaml"], "is empty", "name, base, grid", setup=write("s.yaml", ""))
+case("spec-only-comments", ["sweep", "{tmp}/s.yaml"], "is empty", setup=write("s.yaml", "# nothing\n"))
+case("spec-a-list", ["sweep", "{tmp}/s.yaml"], "expected a mapping", setup=write("s.yaml", "- 1\n- 2\n"))
+case("spec-a-scalar", ["sweep", "{tmp}/s.yaml"], "expected a mapping", setup=write("s.yaml", "hello\n"))
+case("spec-is-a-run-config", ["sweep", "{tmp}/r.yaml"], "looks like a run config", "focalexp train",
+     setup=yaml_file("r.yaml", tiny_run()))
+case("run-config-is-a-spec", ["train", "{tmp}/s.yaml", "--out", "{tmp}/run"], "looks like a sweep spec",
+     "focalexp sweep", setup=spec_file())
+case("spec-duplicate-key", ["sweep", "{tmp}/s.yaml"], "duplicate key 'grid'",
+     setup=write("s.yaml", "name: t\ngrid:\n  model.focal_levels: [1]\ngrid:\n  model.focal_levels: [2]\n"))
+case("config-duplicate-nested-key", ["train", "{tmp}/r.yaml", "--out", "{tmp}/run"], "duplicate key 'epochs'",
+     setup=write("r.yaml", "train:\n  epochs: 1\n  epochs: 2\n"))
+case("spec-python-tag", ["sweep", "{tmp}/s.yaml"], "malformed YAML", "python/object",
+     setup=write("s.yaml", "name: !!python/object/apply:os.system ['touch MARKER']\n"))
+case("spec-alias-bomb", ["sweep", "{tmp}/s.yaml"], "expands to more than",
+     setup=write("s.yaml", "a: &a [1,1,1,1,1,1,1,1,1,1]\n" + "".join(
+         f"{chr(98 + i)}: &{chr(98 + i)} [{','.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(8))))
+case("spec-recursive-anchor", ["sweep", "{tmp}/s.yaml"], "refers to itself", setup=write("s.yaml", "a: &a [*a]\n"))
+case("spec-deep-nesting", ["sweep", "{tmp}/s.yaml"], "nested too deeply", setup=write("s.yaml", "[" * 5000))
+case("spec-syntax-error", ["sweep", "{tmp}/s.yaml"], "s.yaml:3", "malformed YAML",
+     setup=write("s.yaml", "name: t\ngrid: [unclosed\n"))
+case("spec-directory", ["sweep", "{tmp}"], "is a directory, not a file")
+case("spec-missing", ["sweep", "{tmp}/nope.yaml"], "no such file")
+case("spec-too-big", ["sweep", "{tmp}/s.yaml"], "small text file",
+     setup=write("s.yaml", "# " + "x" * (17 * 2**20) + "\n"))
+case("config-binary", ["train", "{tmp}/r.yaml", "--out", "{tmp}/run"], "not a text file",
+     setup=write("r.yaml", bytes(range(128, 256))))
+
+# -- spec contents
+case("spec-unknown-key", ["sweep", "{tmp}/s.yaml"], "unknown key 'grids'", "did you mean 'grid'",
+     setup=yaml_file("s.yaml", {**{k: v for k, v in spec().items() if k != "grid"}, "grids": {"seed": [1]}}))
+case("spec-grid-not-list", ["sweep", "{tmp}/s.yaml"], "grid.model.focal_levels", "expected a list",
+     setup=spec_file(grid={"model.focal_levels": 3}))
+case("spec-grid-empty-list", ["sweep", "{tmp}/s.yaml"], "grid.model.focal_levels", "empty",
+     setup=spec_file(grid={"model.focal_levels": []}))
+case("spec-grid-unknown-axis", ["sweep", "{tmp}/s.yaml"], "model.focal_level", "did you mean 'model.focal_levels'",
+     setup=spec_file(grid={"model.focal_level": [1, 2]}))
+case("spec-grid-bad-value", ["sweep", "{tmp}/s.yaml"], "focal_levels", "-1",
+     setup=spec_file(grid={"model.focal_levels": [-1, 2]}))
+case("spec-grid-bad-gating", ["sweep", "{tmp}/s.yaml"], "gating", "did you mean 'sigmoid'",
+     setup=spec_file(grid={"model.gating": ["sigmod"]}))
+case("spec-zip-lengths", ["sweep", "{tmp}/s.yaml"], "zip[0]", "different lengths",
+     setup=spec_file(zip=[{"model.focal_windows": [1, 3], "train.lr": [0.001]}]))
+case("spec-exclude-unknown-axis", ["sweep", "{tmp}/s.yaml"], "exclude[0].model.gating", "not an axis",
+     setup=spec_file(exclude=[{"model.gating": "softmax"}]))
+case("spec-seeds-empty", ["sweep", "{tmp}/s.yaml"], "seeds", "empty", setup=spec_file(seeds=[]))
+case("spec-seeds-negative", ["sweep", "{tmp}/s.yaml"], "seeds", "non-negative", setup=spec_file(seeds=[-1]))
+case("spec-seeds-duplicate", ["sweep", "{tmp}/s.yaml"], "seeds", "distinct", setup=spec_file(seeds=[1, 1]))
+case("spec-name-traversal", ["sweep", "{tmp}/s.yaml"], "name", "letters, digits", setup=spec_file(name="../../etc"))
+case("spec-name-slash", ["sweep", "{tmp}/s.yaml"], "name", "letters, digits", setup=spec_file(name="a/b"))
+case("spec-name-missing", ["sweep", "{tmp}/s.yaml"], "name", "needs a name", setup=spec_file(name=""))
+case("spec-task-unknown", ["sweep", "{tmp}/s.yaml"], "task", "did you mean 'train'", setup=spec_file(task="trian"))
+case("spec-cluster-unknown", ["sweep", "{tmp}/s.yaml"], "launcher.cluster", "did you mean 'slurm'",
+     setup=spec_file(launcher=launcher(cluster="slurn")))
+case("spec-base-seed", ["sweep", "{tmp}/s.yaml"], "base.seed", setup=spec_file(base={**tiny_run()}))
+case("spec-lr-not-a-number", ["sweep", "{tmp}/s.yaml"], "train.lr", "expected a number",
+     setup=spec_file(grid={"train.lr": ["fast"]}))
+case("spec-all-excluded", ["sweep", "{tmp}/s.yaml"], "every combination is excluded",
+     setup=spec_file(exclude=[{"model.focal_levels": [1, 2]}]))
+case("spec-million-runs", ["sweep", "{tmp}/s.yaml"], "1,000,000 runs", "--yes",
+     setup=spec_file(grid={"model.focal_levels": list(range(100)), "train.lr": [i * 1e-4 + 1e-4 for i in range(100)],
+                           "train.epochs": list(range(1, 101))}))
+case("spec-setup-lines", ["sweep", "{tmp}/s.yaml"], "launcher.setup", "--allow-setup",
+     setup=spec_file(launcher=launcher(setup=["touch {marker}"])))
+case("spec-nodes-local", ["sweep", "{tmp}/s.yaml"], "launcher.nodes", "one node",
+     setup=spec_file(launcher=launcher(nodes=2)))
+case("spec-mem-too-large-local", ["sweep", "{tmp}/s.yaml"], "launcher.mem_gb", "this machine has",
+     setup=spec_file(launcher=launcher(mem_gb=100000)))
+case("spec-cpus-too-many-local", ["sweep", "{tmp}/s.yaml"], "launcher.cpus_per_task", "this machine has",
+     setup=spec_file(launcher=launcher(cpus_per_task=4096)))
+case("spec-gpus-local-without-gpu", ["sweep", "{tmp}/s.yaml"], "launcher.gpus_per_node", "no GPU",
+     setup=spec_file(launcher=launcher(gpus_per_node=1)))
+case("spec-mem-negative", ["sweep", "{tmp}/s.yaml"], "launcher.mem_gb", ">= 0",
+     setup=spec_file(launcher=launcher(mem_gb=-1)))
+case("spec-data-root-missing", ["sweep", "{tmp}/s.yaml"], "data.root", "not a directory",
+     setup=spec_file(base={**spec()["base"], "data": {"dataset": "imagefolder", "root": "/nonexistent/x"}}))
+
+# -- sweep flags
+case("sweep-dir-is-a-file", ["sweep", "{tmp}/s.yaml", "--dir", "{tmp}/f.txt"], "--dir", "is a file",
+     setup=both(spec_file(), write("f.txt", "x")))
+case("sweep-dir-under-a-file", ["sweep", "{tmp}/s.yaml", "--dir", "{tmp}/f.txt/sw"], "--dir", "is a file",
+     setup=both(spec_file(), write("f.txt", "x")))
+case("sweep-set-malformed", ["sweep", "{tmp}/s.yaml", "--set", "launcher.cluster"], "--set", "key=value",
+     setup=spec_file())
+case("sweep-set-unknown-section", ["sweep", "{tmp}/s.yaml", "--set", "lancher.cluster=local"], "lancher",
+     "did you mean 'launcher'", setup=spec_file())
+case("sweep-cluster-choice", ["sweep", "{tmp}/s.yaml", "--cluster", "k8s"], "invalid choice", setup=spec_file())
+case("sweep-dir-other-sweep", ["sweep", "{tmp}/s.yaml", "--dir", "{tmp}/sw"], "holds sweep",
+     setup=both(spec_file(), sweep_dir(GOOD_MANIFEST.replace('"t"', '"other"'))))
+
+# -- data
+case("imagefolder-no-images", [*TRAIN, "--set", "data.dataset=imagefolder", "--set", "data.root={tmp}/data",
+                               "--set", "data.img_size=32", "--out", "{tmp}/run"], "data.root", "no images",
+     setup=image_folder(with_images=False))
+case("imagefolder-one-class", [*TRAIN, "--set", "data.dataset=imagefolder", "--set", "data.root={tmp}/data",
+                               "--set", "data.img_size=32", "--out", "{tmp}/run"], "data.root", "one class",
+     setup=image_folder(classes=("a",)))
+case("imagefolder-class-mismatch", [*TRAIN, "--set", "data.dataset=imagefolder", "--set", "data.root={tmp}/data",
+                                    "--set", "data.img_size=32", "--out", "{tmp}/run"], "different class folders",
+     setup=image_folder(classes=("a", "b"), val=("a", "c")))
+case("imagefolder-root-is-a-file", [*TRAIN, "--set", "data.dataset=imagefolder", "--set", "data.root={tmp}/f.txt",
+                                    "--out", "{tmp}/run"], "data.root", "not a directory", setup=write("f.txt", "x"))
+case("cifar-hostile-batches", [*TRAIN, "--set", "data.dataset=cifar10", "--set", "data.root={tmp}/cifar",
+                               "--out", "{tmp}/run"], "data.root", "refused",
+     setup=lambda tmp: hostile.cifar_root(tmp / "cifar", tmp / MARKER) and None)
+case("cifar-missing", [*TRAIN, "--set", "data.dataset=cifar10", "--set", "data.root={tmp}", "--out", "{tmp}/run"],
+     "no cifar10")
+case("dataset-unknown", [*TRAIN, "--set", "data.dataset=imagenet", "--out", "{tmp}/run"], "data.dataset",
+     "did you mean 'imagefolder'")
+case("data-root-env-unset", [*TRAIN, "--set", "data.dataset=imagefolder", "--set",
+                             "data.root=${FOCALEXP_NOT_SET_ANYWHERE}", "--out", "{tmp}/run"], "FOCALEXP_NOT_SET_ANYWHERE")
+
+# -- train flags and keys
+case("train-out-is-a-file", [*TRAIN, "--out", "{tmp}/f.txt"], "--out", "is a file", setup=write("f.txt", "x"))
+case("train-out-under-a-file", [*TRAIN, "--out", "{tmp}/f.txt/run"], "--out", "is a file", setup=write("f.txt", "x"))
+case("train-out-hostile-config", [*TRAIN, "--out", "{tmp}/run"], "--out", "config.yaml",
+     setup=write("run/config.yaml", "- not\n- a config\n"))
+case("train-nproc-zero", [*TRAIN, "--out", "{tmp}/run", "--nproc", "0"], "--nproc", ">= 1")
+case("train-nproc-huge", [*TRAIN, "--out", "{tmp}/run", "--nproc", "100000"], "--nproc", "this machine has")
+case("train-epochs-zero", [*TRAIN, "--set", "train.epochs=0", "--out", "{tmp}/run"], "train.epochs", ">= 1")
+case("train-lr-string", [*TRAIN, "--set", "train.lr=fast", "--out", "{tmp}/run"], "train.lr", "expected a number")
+case("train-lr-nan", [*TRAIN, "--set", "train.lr=.nan", "--out", "{tmp}/run"], "train.lr", "expected a number")
+case("train-unknown-key", [*TRAIN, "--set", "train.epoch=3", "--out", "{tmp}/run"], "train.epoch",
+     "did you mean 'train.epochs'")
+case("train-unknown-section", [*TRAIN, "--set", "trian.epochs=3", "--out", "{tmp}/run"], "trian",
+     "did you mean 'train'")
+case("train-unknown-model", ["train", "--model", "focalnet_t_sfr", "--out", "{tmp}/run"], "focalnet_t_sfr",
+     "focalnet_t_srf")
+case("train-unknown-recipe", [*TRAIN, "--set", "recipe=imagenet", "--out", "{tmp}/run"], "recipe",
+     "did you mean 'imagenet_paper'")
+case("train-unknown-optimizer", [*TRAIN, "--set", "train.opt=adamww", "--out", "{tmp}/run"], "train.opt",
+     "did you mean 'adamw'")
+case("train-batch-larger-than-data", [*TRAIN, "--set", "train.batch_size=100000", "--out", "{tmp}/run"],
+     "train.batch_size", "larger than the training set")
+case("train-mixup-pathfinder", [*TRAIN, "--set", "train.mixup=0.8", "--out", "{tmp}/run"], "train.mixup")
+case("train-section-not-mapping", [*TRAIN, "--set", "train=3", "--out", "{tmp}/run"], "train", "mapping")
+
+# -- flops / bench / models
+case("flops-unknown-timm-name", ["flops", "--model", "resnet19"], "resnet19", "resnet18")
+case("flops-timm-bad-knob", ["flops", "--model", "resnet18", "--set", "drop_rat=0.1"], "drop_rat",
+     "did you mean 'drop_rate'")
+case("flops-timm-checkpoint-knob", ["flops", "--model", "resnet18", "--set", "checkpoint_path={tmp}/evil.pth"],
+     "checkpoint_path", "not a model knob", setup=evil_file("evil.pth", "torch_zip"))
+case("flops-timm-pretrained-knob", ["flops", "--model", "resnet18", "--set", "pretrained=true"], "pretrained",
+     "not a model knob")
+case("flops-timm-bad-size", ["flops", "--model", "swin_tiny_patch4_window7_224", "--img-size", "100"],
+     "--img-size", "100")
+case("flops-img-size-zero", ["flops", "--model", "focalnet_t_srf", "--img-size", "0"], "--img-size")
+case("flops-img-size-huge", ["flops", "--model", "focalnet_t_srf", "--img-size", "65536"], "--img-size", "at most")
+case("flops-depth-negative", ["flops", "--model", "focalnet_t_srf", "--depth", "-1", "--by", "module"], "--depth")
+case("flops-preset-bad-knob", ["flops", "--model", "focalnet_t_srf", "--set", "focal_levels=-2"], "focal_levels")
+case("bench-batch-zero", ["bench", "--model", "focalnet_micro", "--batch-size", "0"], "--batch-size")
+case("bench-rounds-zero", ["bench", "--model", "focalnet_micro", "--rounds", "0"], "--rounds")
+case("bench-threads-zero", ["bench", "--model", "focalnet_micro", "--threads", "0"], "--threads")
+case("bench-cuda-missing", ["bench", "--model", "focalnet_micro", "--device", "cuda"], "cuda")
+case("bench-device-unknown", ["bench", "--model", "focalnet_micro", "--device", "tpu"], "--device", "cpu")
+case("bench-unknown-model", ["bench", "--model", "focalnet_mikro"], "focalnet_micro")
+case("bench-img-size-huge", ["bench", "--model", "focalnet_micro", "--img-size", "100000"], "--img-size", "at most")
+
+# -- viz
+case("viz-out-is-a-dir", ["viz", "--model", "focalnet_micro", "--what", "kernels", "--out", "{tmp}/d.png"],
+     "--out", "is a directory", setup=lambda tmp: (tmp / "d.png").mkdir())
+case("viz-out-suffix", ["viz", "--model", "focalnet_micro", "--what", "kernels", "--out", "{tmp}/f.jpg"],
+     "--out", ".png")
+case("viz-out-under-a-file", ["viz", "--model", "focalnet_micro", "--what", "kernels", "--out", "{tmp}/f.txt/o.png"],
+     "--out", "is a file", setup=write("f.txt", "x"))
+case("viz-image-directory", ["viz", "--model", "focalnet_micro", "--what", "modulator", "--image", "{tmp}",
+                             "--out", "{tmp}/o.png"], "--image", "is a directory")
+case("viz-image-text", ["viz", "--model", "focalnet_micro", "--what", "modulator", "--image", "{tmp}/a.png",
+                        "--out", "{tmp}/o.png"], "--image", "not a readable image", setup=write("a.png", "hello"))
+case("viz-image-truncated", ["viz", "--model", "focalnet_micro", "--what", "modulator", "--image", "{tmp}/a.png",
+                             "--out", "{tmp}/o.png"], "--image", "not a readable image",
+     setup=lambda tmp: (tmp / "a.png").write_bytes(_png(64)[:120]))
+case("viz-image-bomb", ["viz", "--model", "focalnet_micro", "--what", "modulator", "--image", "{tmp}/bomb.png",
+                        "--out", "{tmp}/o.png"], "--image", "pixels",
+     setup=lambda tmp: __import__("PIL.Image").Image.new("1", (30000, 30000)).save(tmp / "bomb.png"))
+case("viz-image-missing", ["viz", "--model", "focalnet_micro", "--what", "modulator", "--image", "{tmp}/x.png",
+                           "--out", "{tmp}/o.png"], "--image", "no such file")
+case("viz-levels-on-kernels", ["viz", "--model", "focalnet_micro", "--what", "kernels", "--levels", "2",
+                               "--out", "{tmp}/o.png"], "--levels")
+case("viz-bad-block", ["viz", "--model", "focalnet_micro", "--what", "gates", "--block", "stages.9.blocks.0",
+                       "--out", "{tmp}/o.png"], "--block", "stages.9.blocks.0")
+case("viz-img-size-zero", ["viz", "--model", "focalnet_micro", "--what", "modulator", "--img-size", "0",
+                           "--out", "{tmp}/o.png"], "--img-size")
+case("viz-unknown-baseline", ["viz", "--model", "focalnet_micro", "--what", "erf", "--baseline", "swin_tinny",
+                              "--out", "{tmp}/o.png"], "swin_tinny")
+case("viz-no-model", ["viz", "--what", "kernels", "--out", "{tmp}/o.png"], "--model")
+case("viz-what-unknown", ["viz", "--model", "focalnet_micro", "--what", "gate", "--out", "{tmp}/o.png"],
+     "invalid choice", "gates")
+
+# -- sweep dirs given to status / collect / report
+case("status-manifest-cut-short", ["status", "{tmp}/sw"], "sweep.json", "corrupt",
+     setup=sweep_dir(GOOD_MANIFEST[:40]))
+case("status-manifest-a-list", ["status", "{tmp}/sw"], "sweep.json", "corrupt", setup=sweep_dir("[1, 2]"))
+case("status-manifest-no-runs", ["status", "{tmp}/sw"], "sweep.json", "runs", setup=sweep_dir('{"name": "t"}'))
+case("status-manifest-run-traversal", ["status", "{tmp}/sw"], "sweep.json", "run_id",
+     setup=sweep_dir(GOOD_MANIFEST.replace("0123456789ab", "../../../etc")))
+case("status-manifest-binary", ["status", "{tmp}/sw"], "sweep.json", "corrupt",
+     setup=lambda tmp: (sweep_dir(None)(tmp), (tmp / "sw" / "sweep.json").write_bytes(b"\xff\xfe\x00")))
+case("status-not-a-sweep", ["status", "{tmp}"], "not a sweep dir")
+case("status-a-file", ["status", "{tmp}/f.txt"], "is a file", setup=write("f.txt", "x"))
+case("status-missing", ["status", "{tmp}/nope"], "no such")
+case("collect-manifest-cut-short", ["collect", "{tmp}/sw"], "sweep.json", "corrupt", setup=sweep_dir(GOOD_MANIFEST[:40]))
+case("report-manifest-cut-short", ["report", "{tmp}/sw"], "sweep.json", "corrupt", setup=sweep_dir(GOOD_MANIFEST[:40]))
+case("report-not-a-sweep", ["report", "{tmp}"], "not a sweep dir")
+
+
+def _png(size: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        out[str(p.relative_to(root))] = (st.st_size if p.is_file() else -1, st.st_mtime_ns)
+    return out
+
+
+@pytest.mark.parametrize("c", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_one_line_exit_2_nothing_written(c: Case, run, tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    if c.setup:
+        c.setup(work)
+    before = _tree(work)
+    fill = lambda s: s.replace("{tmp}", str(work)).replace("{marker}", str(work / MARKER))  # noqa: E731
+    p = run(*[fill(a) for a in c.argv], check_rc=None)
+    assert not (work / MARKER).exists(), "a payload ran"
+    assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
+    assert "Traceback" not in p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    for needle in c.needles:
+        assert fill(needle) in lines[0], lines[0]
+    assert p.stdout == ""
+    assert _tree(work) == before, "something was written"
+
+
+def test_the_table_is_broad():
+    assert len(CASES) >= 80
+    assert len({c.id for c in CASES}) == len(CASES)

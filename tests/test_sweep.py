@@ -166,6 +166,12 @@ def test_imagenet_dry_run_prints_compute_and_a_real_submission_names_the_missing
     assert "GPU-hours" in r.stdout and "1281167" in r.stdout and "focalnet_t_lrf_no_gating" in r.stdout
     r = subprocess.run([sys.executable, "-m", "focalexp", "sweep", spec, "--cluster", "local"],
                        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    # 8 GPUs x 10 cores per run: refused here before anything is expanded or written
+    assert r.returncode == 2 and "launcher.cpus_per_task: 10 x 8 task(s)" in r.stderr, r.stderr
+    fits = [f"launcher.{k}" for k in ("tasks_per_node=1", "gpus_per_node=0", "cpus_per_task=1", "mem_gb=1")]
+    r = subprocess.run([sys.executable, "-m", "focalexp", "sweep", spec, "--cluster", "local",
+                        *[a for f in fits for a in ("--set", f)]],
+                       capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
     assert r.returncode == 2 and "IMAGENET_ROOT" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "sweeps").exists()
 

@@ -209,7 +209,7 @@ def test_non_finite_loss_fails_and_keeps_earlier_checkpoints(tmp_path, capsys):
         (["train.epochs=0"], "train.epochs: expected >= 1, got 0"),
         (["train.lr=fast"], "train.lr: expected a number, got 'fast'"),
         (["train.epoch=3"], "unknown key 'train.epoch' (did you mean 'train.epochs'?)"),
-        (["model.focal_level=3"], "unknown key 'model.focal_level' (did you mean 'focal_levels'?)"),
+        (["model.focal_level=3"], "unknown key 'model.focal_level' (did you mean 'model.focal_levels'?)"),
         (["model.gating=sigmod"], "model.gating: unknown value 'sigmod' (did you mean 'sigmoid'?)"),
         (["model.preset=focalnet_tiny"], "unknown model 'focalnet_tiny'"),
         (["data.dataset=imagenet"], "data.dataset: unknown value 'imagenet'"),
@@ -346,4 +346,4 @@ def test_resume_flag_continues_from_a_given_checkpoint(tmp_path, capsys):
     rows = read_metrics(tmp_path / "b")
     assert [r["epoch"] for r in rows] == [1, 2]  # epoch 1 came with the checkpoint
     assert main(["train", "--out", str(tmp_path / "c"), "--resume", str(tmp_path / "nope.pth")]) == 2
-    assert "--resume: no such checkpoint" in capsys.readouterr().err
+    assert "--resume: no such file" in capsys.readouterr().err

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 import torch.nn as nn
 
-from ..errors import ConfigError, UnknownNameError, did_you_mean
+from ..errors import ConfigError, UnknownNameError, closest, did_you_mean
 from ..models.config import FocalNetConfig
 from ..models.factory import resolve_config
 from ..models.focalnet import FocalNet
@@ -96,7 +96,8 @@ def unknown_model_message(name: str) -> str:
     from ..models.presets import list_presets
 
     names = [p.name for p in list_presets()] + [a for p in list_presets() for a in p.aliases]
-    hint = did_you_mean(name, names) or did_you_mean(name, timm.list_models())
+    hits = closest(name, names, n=3) or closest(name, timm.list_models(), n=3)
+    hint = f"; closest: {', '.join(hits)}" if hits else ""
     return f"unknown model '{name}'{hint} (see `focalexp models`; timm model names work too)"
 
 

@@ -263,7 +263,8 @@ def expand(spec: SweepSpec, *, check_data_present: bool = True, max_runs: int | 
                 msg = str(e)
                 if msg.startswith("unknown model '"):
                     msg = f"model.preset: {msg}"
-                axis = next((k for k in point if k in msg), None)
+                unknown = re.match(r"unknown key '([^']+)'", msg)
+                axis = unknown.group(1) if unknown and unknown.group(1) in point else None
                 where = f"grid axis '{axis}'" if axis and msg.startswith("unknown key") else f"run [{label}]"
                 raise ConfigError(f"{where}: {msg}") from None
             plain = cfg.to_dict()

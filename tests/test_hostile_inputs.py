@@ -9,7 +9,6 @@ or run dir would show up); the directory tree is compared before and after.
 from __future__ import annotations
 
 import json
-import pickle
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 import yaml
 
 from . import hostile
-from .conftest import TINY_MODEL, make_image_folder, tiny_run
+from .conftest import tiny_run
 
 MARKER = "MARKER"
 

@@ -8,6 +8,7 @@ raises :class:`~focalexp.errors.ConfigError` with one line naming the dotted key
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -137,6 +138,12 @@ def _first_bad_byte(raw: bytes) -> int:
     return 0
 
 
+@functools.lru_cache(maxsize=None)
+def _type_hints(cls: type) -> dict[str, Any]:
+    """The resolved annotations of a config class (resolving them is slow; classes do not change)."""
+    return typing.get_type_hints(cls)
+
+
 def _type_name(v: Any) -> str:
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
             dict: "a mapping", type(None): "null"}.get(type(v), type(v).__name__)
@@ -195,7 +202,7 @@ def build(cls: type, data: Mapping[str, Any] | None, prefix: str = "") -> Any:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping of keys, got {data!r} ({_type_name(data)})")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     dot = f"{prefix}." if prefix else ""
     for k in data:

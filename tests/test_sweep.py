@@ -333,3 +333,20 @@ def test_measure_sweep_reports_params_gmacs_and_throughput(tmp_path):
     lv = df.set_index("model.focal_levels")
     assert lv.loc[3, "params"] > lv.loc[1, "params"] and lv.loc[3, "gmacs"] > lv.loc[1, "gmacs"]
     assert not any((tmp_path / "sw" / "runs" / i / "last.pth").exists() for i in df["run_id"])  # no training
+
+
+def test_expand_builds_each_distinct_model_once_and_without_init(monkeypatch):
+    """Validation builds a model per distinct model config (not per run), on the meta device, without the
+    weight init that used to be most of the cost of expanding a grid."""
+    import focalexp.models.focalnet as fn
+
+    built, inits = [], []
+    real_init, real_weights = fn.FocalNet.__init__, fn.FocalNet._init_weights
+    monkeypatch.setattr(fn.FocalNet, "__init__", lambda self, cfg=None: (built.append(cfg), real_init(self, cfg))[1])
+    monkeypatch.setattr(fn.FocalNet, "_init_weights", lambda self, m: (inits.append(m), real_weights(self, m))[1])
+    monkeypatch.setattr(fn, "_BUILDABLE", {})
+    runs = expand(parse_spec(tiny_spec(grid={"model.focal_levels": [1, 2], "train.lr": [1e-3, 2e-3]}, seeds=[0, 1])))
+    assert len(runs) == 8 and len(built) == 2 and {c.focal_levels for c in built} == {(1, 1, 1), (2, 2, 2)}
+    assert inits == []
+    with pytest.raises(ConfigError, match="focal_levels"):
+        expand(parse_spec(tiny_spec(grid={"model.focal_levels": [-1]})))

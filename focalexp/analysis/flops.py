@@ -129,7 +129,9 @@ def count_params(model: nn.Module) -> int:
 
 def model_for_counting(cfg: FocalNetConfig) -> FocalNet:
     """A FocalNet with zeroed weights, built without running its (slow, for 400 M params) init."""
-    with torch.device("meta"):
+    from ..models.focalnet import skip_weight_init
+
+    with torch.device("meta"), skip_weight_init():
         m = FocalNet(cfg)
     m = m.to_empty(device="cpu")
     with torch.no_grad():

@@ -191,9 +191,7 @@ def _complete_model(cfg: RunConfig, data_present: bool = True) -> None:
 
 def validate(cfg: RunConfig, data_present: bool = True) -> None:
     """Everything that can be checked before a run starts; errors name the dotted key."""
-    import torch
-
-    from ..models.focalnet import FocalNet
+    from ..models.focalnet import check_buildable
 
     try:
         mcfg = cfg.model_config()
@@ -205,8 +203,7 @@ def validate(cfg: RunConfig, data_present: bool = True) -> None:
         elif not msg.startswith(("model.", "unknown model", "unknown key")):
             msg = f"model.{msg}"
         raise type(e)(msg) from None
-    with torch.device("meta"):
-        FocalNet(mcfg)
+    check_buildable(mcfg)
     check_data(cfg.data, on_disk=data_present)
     t = cfg.train
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):

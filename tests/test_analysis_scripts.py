@@ -144,3 +144,15 @@ def test_complexity_scaling_rejects_bad_resolutions(tmp_path):
         cs.main(["--resolutions", "224,300", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
         cs.main(["--models", "focal_srf,nope", "--out", str(tmp_path)])
+
+
+def test_sweep_scale_benchmark_runs_and_its_sweep_dir_is_what_status_reads(capsys, tmp_path):
+    """The scale benchmark's synthetic sweep dir must read as 1,000 finished runs (the script asserts it)."""
+    mod = _load("sweep_scale")
+    assert mod.main(["--only", "status"]) == 0
+    out = capsys.readouterr().out
+    assert "status of 1,000 finished runs" in out and "collect 1,000 finished runs" in out
+    spec = mod.grid_spec()
+    from focalexp.sweep.spec import count_runs, parse_spec
+
+    assert count_runs(parse_spec(spec)) == (1200, True)

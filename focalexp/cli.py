@@ -275,13 +275,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         input_file(args.resume, "--resume")
     cfg = load_run_config(args.config, parse_set_args(args.set), model=args.model)
     out = Path(args.out)
-    check_out_dir(cfg, out)
-    if args.resume is not None:
-        read_run_checkpoint(args.resume, cfg)
     try:
         if args.nproc > 1:
             from .train.launch import train_multiprocess
 
+            check_out_dir(cfg, out)  # train() does both checks itself for one process
+            if args.resume is not None:
+                read_run_checkpoint(args.resume, cfg)
             train_multiprocess(cfg.to_dict(), str(out), args.nproc)
             result = json.loads((out / "result.json").read_text())
         else:
@@ -320,20 +320,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from .overrides import parse_set_args
     from .sweep import axis_keys, estimate, expand, launch, load_spec, preflight
-    from .sweep.spec import MAX_RUNS
+    from .sweep.spec import MAX_RUNS, check_run_count
 
     overrides = parse_set_args(args.set)
     if args.cluster:
         overrides["launcher.cluster"] = args.cluster
     spec = load_spec(args.spec, overrides)
     sweep_dir = Path(args.dir) if args.dir else Path("sweeps") / spec.name
-    limit = None if args.yes else MAX_RUNS
+    check_run_count(spec, None if args.yes else MAX_RUNS)  # within a second, before any run is built
     if not args.dry_run:
-        from .sweep.spec import check_run_count
-
-        check_run_count(spec, limit)
         preflight(spec, sweep_dir, allow_setup=args.allow_setup)
-    runs = expand(spec, check_data_present=not args.dry_run, max_runs=limit)
+    runs = expand(spec, check_data_present=not args.dry_run)
     axes = axis_keys(spec)
     if args.dry_run:
         est = {e["run_id"]: e for e in estimate(spec, runs)}

@@ -52,7 +52,6 @@ class ImageBatch:
         return self.tensor.shape[0]
 
 
-MAX_IMG_SIZE = 4096
 MAX_PIXELS = 64 * 2**20  # an image file is untrusted: a few KB of PNG can decode to gigapixels
 
 
@@ -97,6 +96,8 @@ def load_images(
     different shapes share one batch and one figure layout. ``paths=None`` uses :func:`sample_photos`.
     """
     from PIL import Image
+
+    from .modelspec import MAX_IMG_SIZE
 
     if not 1 <= size <= MAX_IMG_SIZE:
         raise ConfigError(f"--img-size: expected a size from 1 to {MAX_IMG_SIZE}, got {size}")

@@ -95,7 +95,7 @@ def unknown_model_message(name: str) -> str:
 
     from ..models.presets import list_presets
 
-    names = [p.name for p in list_presets()] + [a for p in list_presets() for a in p.aliases]
+    names = [n for p in list_presets() for n in (p.name, *p.aliases)]
     hits = closest(name, names, n=3) or closest(name, timm.list_models(), n=3)
     hint = f"; closest: {', '.join(hits)}" if hits else ""
     return f"unknown model '{name}'{hint} (see `focalexp models`; timm model names work too)"

@@ -77,8 +77,9 @@ def build_timm(spec: str, checkpoint: str | os.PathLike | None = None) -> VizMod
     name, _, path = spec.partition("=")
     ckpt = _checkpoint_path(path or checkpoint)
     if not timm.is_model(name):
-        raise ConfigError(f"model: unknown model '{name}' (neither a focalexp preset nor a timm model)"
-                          + did_you_mean(name, timm.list_models()))
+        from .modelspec import unknown_model_message
+
+        raise ConfigError(f"model: {unknown_model_message(name)}")
     model = timm.create_model(name, pretrained=False)
     if ckpt is not None:
         from timm.models import clean_state_dict

@@ -72,10 +72,14 @@ def read_state(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     return _load_pickled(data, p, what=what)
 
 
+def _is_zip(data: bytes) -> bool:
+    return data[:4] in (b"PK\x03\x04", b"PK\x05\x06")
+
+
 def _sniff(data: bytes, suffix: str) -> str:
     if not data:
         return "empty"
-    if data[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+    if _is_zip(data):
         return "zip"
     if suffix == ".safetensors" or (len(data) > 9 and data[8:9] == b"{" and
                                     int.from_bytes(data[:8], "little") < len(data)):
@@ -107,7 +111,7 @@ def _load_pickled(data: bytes, p: Path, depth: int = 0, what: str = "checkpoint"
 
     table = _checkpoint_table()
     try:
-        if data[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        if _is_zip(data):
             _refuse_torchscript(data, p, what)
             return _torch_load(data, table)
         if data.startswith(_TORCH_LEGACY_HEAD):
@@ -130,8 +134,8 @@ def _load_pickled(data: bytes, p: Path, depth: int = 0, what: str = "checkpoint"
 
 
 def _refuse_torchscript(data: bytes, p: Path, what: str) -> None:
-    """torch.load runs TorchScript archives as programs (torch.jit.load): refuse them, using torch's own
-    reader to list the records (as torch.load would see them)."""
+    """Refuse a zip that is not a torch checkpoint (no data.pkl), and TorchScript archives, which torch.load
+    runs as programs (torch.jit.load); the latter are found with torch's own reader, as torch.load sees them."""
     import zipfile
 
     try:
@@ -146,8 +150,6 @@ def _refuse_torchscript(data: bytes, p: Path, what: str) -> None:
     if "constants.pkl" in records or any(r.startswith("code/") for r in records):
         raise CheckpointError(f"{what}: '{p}' is a TorchScript program (torch.jit.save), not a weights file; "
                               "programs are not run here: save its state_dict() with torch.save instead")
-    if "data.pkl" not in records:
-        raise CheckpointError(f"{what}: '{p}' is a zip archive but not a torch checkpoint (no data.pkl)")
 
 
 def _torch_load(data: bytes, table) -> Any:

@@ -8,6 +8,7 @@ alone, missing and stopped ones are (re)submitted, failed and cancelled ones onl
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -176,8 +177,6 @@ def make_executor(spec: SweepSpec, sweep: SweepDir, cluster: str):
             params["slurm_setup"] = list(lc.setup)
     elif cluster == "local" and lc.setup:
         params["local_setup"] = list(lc.setup)
-    if cluster == "local" and lc.nodes != 1:
-        raise ConfigError(f"launcher.nodes: a local run has one node, got {lc.nodes}")
     ex.update_parameters(**params)
     return ex
 
@@ -304,13 +303,20 @@ def current_states(sweep: SweepDir) -> dict[str, RunState]:
     return {s.run_id: s for s in run_states(sweep)}
 
 
+@functools.lru_cache(maxsize=1)
+def _installed_in_interpreter() -> bool:
+    """Whether this interpreter imports focalexp outside this checkout's directory (asked once per process:
+    ``preflight`` and ``launch`` both need it)."""
+    probe = subprocess.run([sys.executable, "-c", "import focalexp, sys; print(focalexp.__file__)"],
+                           capture_output=True, text=True, cwd="/", timeout=60)
+    return probe.returncode == 0
+
+
 def ensure_importable_on_nodes(cluster: str) -> None:
     """Jobs unpickle focalexp on the node with this interpreter: it must be installed, not just on sys.path."""
     if cluster != "slurm":
         return
     here = Path(__file__).resolve().parents[1]
-    probe = subprocess.run([sys.executable, "-c", "import focalexp, sys; print(focalexp.__file__)"],
-                           capture_output=True, text=True, cwd="/", timeout=60)
-    if probe.returncode != 0:
+    if not _installed_in_interpreter():
         raise FocalexpError(f"focalexp is not installed in {sys.executable} (jobs import it on the nodes); "
                             f"run `pip install -e {here.parent}`")

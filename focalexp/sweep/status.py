@@ -97,9 +97,14 @@ def slurm_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
     return states
 
 
+def _in_sweep(sweep: SweepDir, raw: Any) -> Path | None:
+    """A path recorded in jobs.jsonl (a user file), if it names a place inside the sweep dir."""
+    return inside(sweep.path, Path(raw).absolute()) if isinstance(raw, str) and raw else None
+
+
 def _tail(path: str | None, sweep: SweepDir, n: int = 15) -> list[str]:
     """The last lines of a job log; only a file inside the sweep dir is read (jobs.jsonl is a user file)."""
-    p = inside(sweep.path, Path(path).absolute()) if isinstance(path, str) and path else None
+    p = _in_sweep(sweep, path)
     if p is None:
         return []
     try:
@@ -116,8 +121,7 @@ def _submitit_error(event: dict[str, Any], sweep: SweepDir) -> str | None:
     the plain-data allowlist (no globals at all), and only from inside the sweep dir."""
     from .. import unpickle
 
-    raw = event.get("result_pickle")
-    p = inside(sweep.path, Path(raw).absolute()) if isinstance(raw, str) and raw else None
+    p = _in_sweep(sweep, event.get("result_pickle"))
     if p is None or not p.is_file() or p.stat().st_size > 16 * 2**20:
         return None
     try:

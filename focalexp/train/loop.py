@@ -527,7 +527,8 @@ def read_run_checkpoint(path: str | os.PathLike, cfg: RunConfig, what: str = "--
     if bad:
         raise ConfigError(f"{what}: '{path}' is damaged: {', '.join(bad)} has the wrong type")
     if not 0 <= st["epoch"] <= cfg.train.epochs or st["step"] < 0:
-        raise ConfigError(f"{what}: '{path}' is damaged: epoch {st['epoch']} is outside 0..{cfg.train.epochs}")
+        raise ConfigError(f"{what}: '{path}' is damaged: epoch {st['epoch']}, step {st['step']} (expected epoch "
+                          f"0..{cfg.train.epochs}, step >= 0)")
     return st
 
 

@@ -10,6 +10,14 @@ import importlib
 from typing import Any
 
 __version__ = "0.1.0"
+_LIGHT_IMPORTS = False
+
+
+def light_imports() -> None:
+    """Let ``import focalexp.models`` skip torch until a torch-backed name is used (the CLI's sweep engine
+    validates and estimates thousands of runs without torch). Library users need not call this."""
+    global _LIGHT_IMPORTS
+    _LIGHT_IMPORTS = True
 
 _LAZY = {
     "FocalNet": "focalexp.models",
@@ -23,7 +31,7 @@ _LAZY = {
     "ConfigError": "focalexp.errors",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = sorted(_LAZY) + ["light_imports"]
 
 
 def __getattr__(name: str) -> Any:

@@ -335,18 +335,29 @@ def test_measure_sweep_reports_params_gmacs_and_throughput(tmp_path):
     assert not any((tmp_path / "sw" / "runs" / i / "last.pth").exists() for i in df["run_id"])  # no training
 
 
-def test_expand_builds_each_distinct_model_once_and_without_init(monkeypatch):
-    """Validation builds a model per distinct model config (not per run), on the meta device, without the
-    weight init that used to be most of the cost of expanding a grid."""
-    import focalexp.models.focalnet as fn
+def test_expand_and_estimate_build_no_model_and_import_no_torch(tmp_path):
+    """A sweep is resolved and validated once, from the configs alone: expanding it and estimating its
+    compute (GMACs) neither builds a module nor imports torch (a 1,200-run grid stays light and fast)."""
+    spec = tiny_spec(grid={"model.focal_levels": [1, 2], "train.lr": [1e-3, 2e-3]}, seeds=[0, 1])
+    code = (
+        "import json, sys, focalexp; focalexp.light_imports()\n"
+        "from focalexp.sweep import estimate, expand, parse_spec\n"
+        f"spec = parse_spec(json.loads({json.dumps(json.dumps(spec))}))\n"
+        "runs = expand(spec); rows = estimate(spec, runs)\n"
+        "print(json.dumps({'runs': len(runs), 'gmacs': sorted({r['gmacs'] for r in rows}), "
+        "'heavy': sorted(m for m in ('torch', 'timm', 'fvcore') if m in sys.modules)}))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout)
+    assert got["runs"] == 8 and got["heavy"] == []
+    # the analytic GMACs are fvcore's
+    from focalexp.analysis.flops import measure_flops, model_for_counting
+    from focalexp.models import resolve_config
 
-    built, inits = [], []
-    real_init, real_weights = fn.FocalNet.__init__, fn.FocalNet._init_weights
-    monkeypatch.setattr(fn.FocalNet, "__init__", lambda self, cfg=None: (built.append(cfg), real_init(self, cfg))[1])
-    monkeypatch.setattr(fn.FocalNet, "_init_weights", lambda self, m: (inits.append(m), real_weights(self, m))[1])
-    monkeypatch.setattr(fn, "_BUILDABLE", {})
-    runs = expand(parse_spec(tiny_spec(grid={"model.focal_levels": [1, 2], "train.lr": [1e-3, 2e-3]}, seeds=[0, 1])))
-    assert len(runs) == 8 and len(built) == 2 and {c.focal_levels for c in built} == {(1, 1, 1), (2, 2, 2)}
-    assert inits == []
+    want = sorted(measure_flops(model_for_counting(resolve_config({**spec["base"]["model"], "focal_levels": lv,
+                                                                   "num_classes": 2, "img_size": 32})),
+                                32, cross_check=False).gmacs for lv in (1, 2))
+    assert got["gmacs"] == pytest.approx(want, rel=1e-12)
     with pytest.raises(ConfigError, match="focal_levels"):
         expand(parse_spec(tiny_spec(grid={"model.focal_levels": [-1]})))

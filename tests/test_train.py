@@ -143,7 +143,7 @@ def test_submitit_preemption_requeues_and_resumes(tmp_path):
     """A real submitit job (local executor): USR2 -> last.pth saved -> requeued -> continues -> same result."""
     import submitit
 
-    from focalexp.train.task import TrainTask
+    from focalexp.sweep.job import RunJob
 
     raw = tiny_run(data={"train_size": 2048}, train={"epochs": 2, "checkpoint_every_steps": 4})
     cfg = resolve_run_config(raw)
@@ -151,7 +151,7 @@ def test_submitit_preemption_requeues_and_resumes(tmp_path):
     ex = submitit.AutoExecutor(folder=tmp_path / "logs", cluster="local")
     ex.update_parameters(timeout_min=10)
     out = tmp_path / "job"
-    job = ex.submit(TrainTask(), cfg.to_dict(), str(out))
+    job = ex.submit(RunJob(), "train", cfg.to_dict(), str(out), {})
     deadline = time.time() + 120
     while not (out / "last.pth").exists() and time.time() < deadline:
         time.sleep(0.05)

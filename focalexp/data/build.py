@@ -8,47 +8,22 @@ batches whatever the number of loader workers, the sharding over ranks, or a res
 from __future__ import annotations
 
 import contextlib
-import os
 import random
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from ..configtools import opt
 from ..errors import ConfigError
+from .config import (CIFAR_MEAN, CIFAR_STD, DATASETS, IMAGE_SUFFIXES, DataConfig, check_data, default_img_size,
+                     num_classes_of, resolve_root)
 
-DATASETS = ("pathfinder", "imagefolder", "cifar10", "cifar100")
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
-
-
-@dataclass
-class DataConfig:
-    dataset: str = opt("pathfinder", "pathfinder (built in), imagefolder (root/train, root/val), cifar10, cifar100",
-                       choices=DATASETS)
-    root: Optional[str] = opt(None, "data root; $VARS are expanded (imagefolder, cifar)")
-    img_size: Optional[int] = opt(None, "input size (default: 32 for pathfinder/cifar, 224 for imagefolder)", min=8)
-    workers: int = opt(0, "DataLoader worker processes", min=0)
-    train_size: Optional[int] = opt(None, "training images (pathfinder: generated, default 20000; others: a cap)", min=1)
-    val_size: Optional[int] = opt(None, "validation images (pathfinder default 2000; others: a cap)", min=1)
-    path_length: int = opt(12, "pathfinder: pixels per path (the spatial range the task needs)", min=2)
-    distractors: int = opt(1, "pathfinder: extra paths", min=0)
-    gap: int = opt(4, "pathfinder: pixels removed to cut a path", min=1)
-    augment: bool = opt(True, "training augmentation on (pathfinder: the 8 symmetries; images: crop/flip/...)")
-    auto_augment: Optional[str] = opt(None, "timm auto-augment policy, e.g. rand-m9-mstd0.5-inc1")
-    color_jitter: float = opt(0.0, "colour jitter strength", min=0.0)
-    reprob: float = opt(0.0, "random erasing probability", min=0.0, max=1.0)
-    remode: str = opt("pixel", "random erasing mode", choices=("pixel", "rand", "const"))
-    hflip: float = opt(0.5, "horizontal flip probability", min=0.0, max=1.0)
-    scale: list[float] = opt([0.08, 1.0], "random-resized-crop scale range (imagefolder)")
-    interpolation: str = opt("bicubic", "resize interpolation", choices=("bicubic", "bilinear", "nearest"))
-    crop_pct: float = opt(0.875, "evaluation centre-crop fraction (imagefolder)", min=0.1, max=1.0)
-
+# the data section's names, also importable from here (their home is focalexp.data.config)
+__all__ = ["DATASETS", "IMAGE_SUFFIXES", "DataBundle", "DataConfig", "CifarBatches", "build_data", "check_data",
+           "default_img_size", "num_classes_of", "resolve_root"]
 
 @dataclass
 class DataBundle:
@@ -57,82 +32,6 @@ class DataBundle:
     num_classes: int
     img_size: int
     classes: tuple[str, ...]
-
-
-def default_img_size(cfg: DataConfig) -> int:
-    return cfg.img_size or (224 if cfg.dataset == "imagefolder" else 32)
-
-
-def num_classes_of(cfg: DataConfig) -> int:
-    """Classes of the dataset, without loading it (imagefolder: counts class folders)."""
-    if cfg.dataset == "pathfinder":
-        return 2
-    if cfg.dataset in ("cifar10", "cifar100"):
-        return 10 if cfg.dataset == "cifar10" else 100
-    return len(_imagefolder_classes(resolve_root(cfg)))
-
-
-def resolve_root(cfg: DataConfig) -> Path:
-    if not cfg.root:
-        raise ConfigError(f"data.root: dataset '{cfg.dataset}' needs a root directory")
-    missing = [m for m in re.findall(r"\$\{?(\w+)\}?", cfg.root) if m not in os.environ]
-    if missing:
-        raise ConfigError(f"data.root: environment variable ${missing[0]} is not set (in '{cfg.root}')")
-    root = Path(os.path.expandvars(os.path.expanduser(cfg.root)))
-    if not root.is_dir():
-        raise ConfigError(f"data.root: '{root}' is not a directory")
-    return root
-
-
-def _imagefolder_classes(root: Path) -> list[str]:
-    tr, va = root / "train", root / "val"
-    if not tr.is_dir() or not va.is_dir():
-        raise ConfigError(
-            f"data.root: expected '{tr}' and '{va}' with one folder per class (ImageNet layout)"
-        )
-    classes = sorted(d.name for d in tr.iterdir() if d.is_dir())
-    val_classes = sorted(d.name for d in va.iterdir() if d.is_dir())
-    if not classes:
-        raise ConfigError(f"data.root: '{tr}' has no class folders (ImageNet layout: train/<class>/<image>)")
-    if classes != val_classes:
-        extra = sorted(set(classes) ^ set(val_classes))[:3]
-        raise ConfigError(f"data.root: train/ and val/ have different class folders (e.g. {', '.join(extra)})")
-    if len(classes) < 2:
-        raise ConfigError(f"data.root: '{tr}' has one class folder ('{classes[0]}'); classification needs at "
-                          "least two (ImageNet layout: train/<class>/<image>)")
-    for split in (tr, va):
-        for c in classes:
-            if not _has_image(split / c):
-                raise ConfigError(f"data.root: '{split / c}' has no images (files ending in "
-                                  f"{', '.join(IMAGE_SUFFIXES[:4])}, ...); every class folder needs one")
-    return classes
-
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
-
-
-def _has_image(folder: Path) -> bool:
-    """One image file anywhere under ``folder`` (ImageFolder looks recursively), found without listing all."""
-    for dirpath, _, files in os.walk(folder, followlinks=True):
-        if any(f.lower().endswith(IMAGE_SUFFIXES) for f in files):
-            return True
-    return False
-
-
-def check_data(cfg: DataConfig, on_disk: bool = True) -> None:
-    """Validate the data section (values; with ``on_disk`` also paths and layouts) without loading images."""
-    if not on_disk:
-        pass
-    elif cfg.dataset == "imagefolder":
-        _imagefolder_classes(resolve_root(cfg))
-    elif cfg.dataset in ("cifar10", "cifar100"):
-        root = resolve_root(cfg)
-        folder = "cifar-10-batches-py" if cfg.dataset == "cifar10" else "cifar-100-python"
-        if not (root / folder).is_dir():
-            raise ConfigError(f"data.root: no {cfg.dataset} at '{root}' (expected '{root / folder}'; "
-                              "download the python version of the dataset there)")
-    if len(cfg.scale) != 2 or not 0 < cfg.scale[0] <= cfg.scale[1] <= 1:
-        raise ConfigError(f"data.scale: expected [min, max] with 0 < min <= max <= 1, got {cfg.scale}")
 
 
 @contextlib.contextmanager

@@ -3,39 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import CheckpointError, ConfigError
 from .checkpoint import load_state_into, read_state, unwrap
-from .config import FocalNetConfig
 from .focalnet import FocalNet
-from .presets import canonical_name, get_preset
-
-
-def resolve_config(name_or_config: Any = None, **overrides: Any) -> FocalNetConfig:
-    """The config for a preset name/alias, a :class:`FocalNetConfig`, or a mapping, with ``overrides``.
-
-    A mapping may name a base preset under ``preset`` and give overrides beside it
-    (``{"preset": "focalnet_t_srf", "focal_levels": 3}``); without ``preset`` it is a full config.
-    """
-    if name_or_config is None:
-        base = FocalNetConfig()
-    elif isinstance(name_or_config, FocalNetConfig):
-        base = name_or_config
-    elif isinstance(name_or_config, str):
-        base = get_preset(name_or_config).config
-    elif isinstance(name_or_config, Mapping):
-        d = dict(name_or_config)
-        preset = d.pop("preset", None)
-        if preset is not None:
-            if not isinstance(preset, str):
-                raise ConfigError(f"preset: expected a model name, got {preset!r}")
-            base = get_preset(preset).config.replace(**d) if d else get_preset(preset).config
-        else:
-            base = FocalNetConfig.from_dict(d)
-    else:
-        raise ConfigError(f"model: expected a preset name, a FocalNetConfig or a dict, got {type(name_or_config).__name__}")
-    return base.replace(**overrides) if overrides else base
+from .presets import canonical_name, get_preset, resolve_config  # noqa: F401 (resolve_config: its old home)
 
 
 def create_model(

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
-from ..errors import UnknownNameError, closest
+from ..errors import ConfigError, UnknownNameError, closest
 from .config import FocalNetConfig
 
 
@@ -344,6 +345,32 @@ def canonical_name(name: str) -> str:
     hits = closest(name, list(_PRESETS) + list(_ALIASES), n=3)
     hint = f"; closest: {', '.join(hits)}" if hits else ""
     raise UnknownNameError(f"unknown model '{name}'{hint} (see `focalexp models`)")
+
+
+def resolve_config(name_or_config: Any = None, **overrides: Any) -> FocalNetConfig:
+    """The config for a preset name/alias, a :class:`FocalNetConfig`, or a mapping, with ``overrides``.
+
+    A mapping may name a base preset under ``preset`` and give overrides beside it
+    (``{"preset": "focalnet_t_srf", "focal_levels": 3}``); without ``preset`` it is a full config.
+    """
+    if name_or_config is None:
+        base = FocalNetConfig()
+    elif isinstance(name_or_config, FocalNetConfig):
+        base = name_or_config
+    elif isinstance(name_or_config, str):
+        base = get_preset(name_or_config).config
+    elif isinstance(name_or_config, Mapping):
+        d = dict(name_or_config)
+        preset = d.pop("preset", None)
+        if preset is not None:
+            if not isinstance(preset, str):
+                raise ConfigError(f"preset: expected a model name, got {preset!r}")
+            base = get_preset(preset).config.replace(**d) if d else get_preset(preset).config
+        else:
+            base = FocalNetConfig.from_dict(d)
+    else:
+        raise ConfigError(f"model: expected a preset name, a FocalNetConfig or a dict, got {type(name_or_config).__name__}")
+    return base.replace(**overrides) if overrides else base
 
 
 def get_preset(name: str) -> Preset:

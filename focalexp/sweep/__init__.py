@@ -22,7 +22,7 @@ from .status import RunState, counts, run_states
 from .store import SweepDir
 
 __all__ = ["load_spec", "parse_spec", "expand", "launch", "status", "collect", "report", "summarize",
-           "estimate", "preflight", "SweepSpec", "Run", "RunState", "SweepDir", "axis_keys", "counts", "LaunchOutcome"]
+           "estimate", "estimate_totals", "preflight", "SweepSpec", "Run", "RunState", "SweepDir", "axis_keys", "counts", "LaunchOutcome"]
 
 
 def status(sweep_dir: str | Path) -> list[RunState]:
@@ -81,35 +81,31 @@ def launch(spec: SweepSpec, sweep_dir: str | Path, *, runs: list[Run] | None = N
 
 
 def estimate(spec: SweepSpec, runs: list[Run]) -> list[dict[str, Any]]:
-    """Compute per run: GMACs per image, images per epoch, and training GMACs (3 x forward, the usual
-    fwd + bwd rule) x images x epochs, with GPU-hours at ``spec.estimate.gpu_tflops``."""
-    from ..analysis.flops import measure_flops, model_for_counting
-    from ..models.factory import resolve_config
+    """Per run, what the task says it costs: GMACs per image (the papers' convention, without torch for
+    FocalNet configs), images per epoch, training PMACs (3 x forward x images x epochs) and, for runs
+    that use GPUs, GPU-hours at ``spec.estimate.gpu_tflops``."""
+    from ..tasks import get_task
 
-    cache: dict[str, float] = {}
+    task = get_task(spec.task)
     rows = []
     for r in runs:
-        key = repr(sorted(r.config["model"].items()))
-        if key not in cache:
-            mcfg = resolve_config(r.config["model"])
-            cache[key] = measure_flops(model_for_counting(mcfg), mcfg.img_size, cross_check=False).gmacs
-        gmacs = cache[key]
-        images = _images_per_epoch(spec, r.config)
-        row = {"run_id": r.run_id, "gmacs": gmacs, "images": images}
-        if r.task == "train" and images:
-            epochs = r.config["train"]["epochs"]
-            total = 3 * gmacs * images * epochs
-            row.update(epochs=epochs, train_pmacs=total / 1e6,
-                       gpu_hours=2 * total * 1e9 / (spec.estimate.gpu_tflops * 1e12) / 3600)
+        typed = r.typed if r.typed is not None else task.from_plain(r.config)
+        row = {"run_id": r.run_id, **task.estimate(typed, spec.task_options, spec.estimate)}
+        if not task.uses_gpu(typed, spec.launcher):
+            row.pop("gpu_hours", None)
         rows.append(row)
     return rows
 
 
-def _images_per_epoch(spec: SweepSpec, cfg: dict[str, Any]) -> int | None:
-    if spec.estimate.train_images:
-        return spec.estimate.train_images
-    data = cfg["data"]
-    if data.get("train_size"):
-        return data["train_size"]
-    return {"pathfinder": 20000, "cifar10": 50000, "cifar100": 50000}.get(
-        data["dataset"], 1281167 if cfg["model"].get("num_classes") == 1000 else None)
+def estimate_totals(spec: SweepSpec, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sweep's compute from :func:`estimate`'s rows: runs, training PMACs, GPU-hours (None when no run
+    uses a GPU), GPUs per run and the wall hours of one run on them."""
+    n = len(rows)
+    pmacs = sum(r.get("train_pmacs") or 0 for r in rows)
+    gpu_rows = [r for r in rows if "gpu_hours" in r]
+    gpus = spec.launcher.nodes * max(1, spec.launcher.gpus_per_node)
+    gh = sum(r["gpu_hours"] for r in gpu_rows) if gpu_rows else None
+    return {"runs": n, "train_pmacs": pmacs if any("train_pmacs" in r for r in rows) else None,
+            "gpu_hours": gh, "gpus_per_run": gpus if gpu_rows else 0,
+            "hours_per_run": gh / len(gpu_rows) / gpus if gh is not None else None,
+            "gpu_tflops": spec.estimate.gpu_tflops}

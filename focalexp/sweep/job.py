@@ -1,6 +1,7 @@
-"""What runs on the node: claim the run dir, then call the task by name.
+"""What runs on the node: claim the run dir, then run the task (:mod:`focalexp.tasks`) by name.
 
-The sweep knows a task only as an importable callable ``fn(config, out, **settings) -> dict``. A run
+The job carries the task's name and the run's resolved config as plain data; the task rebuilds its
+typed config without validating it again (the spec's expansion did, once). A run
 dir is claimed before the task starts (``claim.json``, under a file lock): if a live job already holds
 it — a launcher killed between submitting and recording its jobs, then run again, submits a second
 copy — the newcomer leaves without touching anything, so every run is executed exactly once. A
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import importlib
 import json
 import os
 import socket
@@ -21,12 +21,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import submitit
-
-TASK_CALLABLES = {
-    "train": "focalexp.train.task:run_train",
-    "measure": "focalexp.analysis.measure:measure_run",
-}
-
 
 def _job_id() -> str:
     try:
@@ -102,18 +96,18 @@ def claim_run(run_dir: Path) -> tuple[bool, dict | None]:
     return True, None
 
 
-def resolve_task(task: str):
-    module, _, name = TASK_CALLABLES[task].partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
 class RunJob(submitit.helpers.Checkpointable):
-    """``RunJob()(task, config, run_dir, settings)``: one run of a sweep, requeued on preemption/time-out."""
+    """``RunJob()(task, config, run_dir, settings)``: one run of a sweep, requeued on preemption/time-out
+    (submitit calls :meth:`checkpoint`, inherited: resubmit the same call; the task resumes from the run
+    dir's ``last.pth``)."""
 
     def __call__(self, task: str, config: Mapping[str, Any], run_dir: str, settings: Mapping[str, Any]) -> dict:
+        from ..tasks import get_task
+
         out = Path(run_dir)
         out.mkdir(parents=True, exist_ok=True)
         ok, holder = claim_run(out)
         if not ok:
             return {"status": "duplicate", "reason": f"job {holder['job_id']} holds this run"}
-        return resolve_task(task)(dict(config), str(out), **dict(settings))
+        t = get_task(task)
+        return t.run(t.from_plain(config), str(out), dict(settings))

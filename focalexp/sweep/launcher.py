@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..configtools import to_plain
 from ..errors import ConfigError, FocalexpError, did_you_mean
 from ..fileio import usable_cores
 from .job import RunJob
@@ -144,13 +143,9 @@ def local_parallelism(lc: LauncherConfig) -> int:
 
 
 def task_settings(spec: SweepSpec) -> dict[str, Any]:
-    lc = spec.launcher
-    threads = lc.cpus_per_task
-    if spec.task == "measure":
-        s = to_plain(spec.measure)
-        s["threads"] = s.get("threads") or threads
-        return s
-    return {"threads": threads}
+    from ..tasks import get_task
+
+    return get_task(spec.task).settings(spec.launcher, spec.task_options)
 
 
 def make_executor(spec: SweepSpec, sweep: SweepDir, cluster: str):

@@ -17,13 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
-from ..configtools import build, content_hash, load_yaml, to_plain
+from ..configtools import build, load_yaml, to_plain
 from ..configtools import opt as _f
 from ..errors import ConfigError, FocalexpError, did_you_mean
 from ..overrides import set_dotted
 
 CLUSTERS = ("auto", "slurm", "local", "debug")
-TASKS = ("train", "measure")
 
 
 @dataclass
@@ -50,15 +49,6 @@ class LauncherConfig:
 
 
 @dataclass
-class MeasureConfig:
-    batch_size: int = _f(16, "images per step for throughput", min=1)
-    rounds: int = _f(5, "timed rounds (median reported)", min=1)
-    warmup: int = _f(2, "untimed steps first", min=0)
-    mode: str = _f("infer", "throughput of inference, a training step, or both", choices=("infer", "train", "both"))
-    threads: Optional[int] = _f(None, "torch CPU threads (default: launcher.cpus_per_task or torch's choice)", min=1)
-
-
-@dataclass
 class EstimateConfig:
     gpu_tflops: float = _f(100.0, "sustained TFLOP/s per GPU assumed for the GPU-hour estimate", min=1e-6)
     train_images: Optional[int] = _f(None, "images per epoch (default: data.train_size, the built-in "
@@ -74,21 +64,32 @@ class SweepSpec:
     zip: list[dict] = _f([], "groups of keys that vary together (equal-length lists)")
     exclude: list[dict] = _f([], "rules: {key: value or [values]}; matching runs are dropped")
     seeds: list[int] = _f([0], "seeds; every combination runs once per seed")
-    task: str = _f("train", "train, or measure (params, GMACs, throughput; no training)", choices=TASKS)
-    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    task: str = _f("train", "what each run does: train (the default), measure (params, GMACs, throughput; no "
+                   "training), or a task registered from your package (focalexp.tasks)")
     estimate: EstimateConfig = field(default_factory=EstimateConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    # the task's own options: the spec section named like the task (``measure:``), typed by the task
+    task_options: Any = field(default=None, metadata={"internal": True})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain data, the task's options under the task's name (as written in YAML)."""
+        d = {k: to_plain(getattr(self, k)) for k in self.__dataclass_fields__ if k != "task_options"}
+        if self.task_options is not None:
+            d[self.task] = to_plain(self.task_options)
+        return d
 
 
 @dataclass
 class Run:
-    """One point of the sweep: its axis values, seed, resolved config and id."""
+    """One point of the sweep: its axis values, seed, resolved config and id. ``config`` is what travels
+    to the node (plain data, resolved and validated once, here); ``typed`` is the task's typed config."""
 
     run_id: str
     axes: dict[str, Any]
     seed: int
     config: dict[str, Any]  # the resolved run config (plain)
     task: str
+    typed: Any = field(default=None, repr=False, compare=False)
 
     @property
     def label(self) -> str:
@@ -134,9 +135,35 @@ def load_spec(path: str | Path, overrides: Mapping[str, Any] | None = None) -> S
     return parse_spec(dict(raw), overrides, source=str(path))
 
 
+def _split_task_options(raw: dict[str, Any]) -> tuple[dict[str, Any], Any, Any]:
+    """The spec without the task's section, the task, and the task's typed options."""
+    from ..tasks import get_task, task_names
+
+    name = raw.get("task", "train")
+    task = get_task(name)
+    section = raw.pop(task.name, None) if task.options is not None else None
+    for other in task_names():
+        if other != task.name and other in raw and other not in SweepSpec.__dataclass_fields__:
+            raise ConfigError(f"{other}: options of task '{other}', but the sweep's task is '{task.name}'")
+    if "task_options" in raw:
+        raise ConfigError(f"unknown key 'task_options'; the task's options go under '{task.name}:'")
+    if task.options is None:
+        return raw, task, None
+    if section is not None and not isinstance(section, Mapping):
+        raise ConfigError(f"{task.name}: expected a mapping of options, got {section!r}")
+    try:
+        options = build(task.options, dict(section or {}))
+    except ConfigError as e:
+        raise ConfigError(f"{task.name}.{e}" if not str(e).startswith("unknown key") else
+                          str(e).replace("unknown key '", f"unknown key '{task.name}.", 1)) from None
+    return raw, task, options
+
+
 def parse_spec(raw: Mapping[str, Any], overrides: Mapping[str, Any] | None = None, source: str = "spec") -> SweepSpec:
     raw = apply_spec_overrides(dict(raw), overrides or {})
+    raw, task, options = _split_task_options(raw)
     spec: SweepSpec = build(SweepSpec, raw)
+    spec.task_options = options
     if not spec.name:
         raise ConfigError(f"name: {source} needs a name (it names the sweep dir)")
     if not _NAME.match(spec.name):
@@ -145,8 +172,8 @@ def parse_spec(raw: Mapping[str, Any], overrides: Mapping[str, Any] | None = Non
         raise ConfigError("seeds: the list is empty; give at least one seed, e.g. [0]")
     if len(set(spec.seeds)) != len(spec.seeds) or any(s < 0 for s in spec.seeds):
         raise ConfigError(f"seeds: expected distinct non-negative integers, got {spec.seeds}")
-    if spec.task == "measure" and len(spec.seeds) > 1:
-        raise ConfigError(f"seeds: a measure sweep has nothing random to seed; give one seed, got {spec.seeds}")
+    if not task.seeded and len(spec.seeds) > 1:
+        raise ConfigError(f"seeds: a {task.name} sweep has nothing random to seed; give one seed, got {spec.seeds}")
     for k, v in spec.grid.items():
         if not isinstance(v, list):
             raise ConfigError(f"grid.{k}: expected a list of values, got {v!r}")
@@ -240,10 +267,11 @@ def _matches(point: Mapping[str, Any], rule: Mapping[str, Any]) -> bool:
 
 
 def expand(spec: SweepSpec, *, check_data_present: bool = True, max_runs: int | None = None) -> list[Run]:
-    """Every run of the sweep, resolved and validated; errors name the run and the key. With ``max_runs``,
-    a larger sweep is refused at once (see :func:`check_run_count`)."""
-    from ..train.config import resolve_run_config
+    """Every run of the sweep, resolved and validated once by the spec's task; errors name the run and the
+    key. With ``max_runs``, a larger sweep is refused at once (see :func:`check_run_count`)."""
+    from ..tasks import get_task
 
+    task = get_task(spec.task)
     check_run_count(spec, max_runs)
     points = _points(spec)
     if not points:
@@ -258,24 +286,28 @@ def expand(spec: SweepSpec, *, check_data_present: bool = True, max_runs: int | 
             overrides = {**point, "seed": seed}
             label = run_label(point, seed)
             try:
-                cfg = resolve_run_config(base, overrides, check_data_present=check_data_present)
+                cfg = task.resolve(base, overrides, spec.task_options, check_data_present=check_data_present)
             except FocalexpError as e:
-                msg = str(e)
-                if msg.startswith("unknown model '"):
-                    msg = f"model.preset: {msg}"
-                unknown = re.match(r"unknown key '([^']+)'", msg)
-                axis = unknown.group(1) if unknown and unknown.group(1) in point else None
-                where = f"grid axis '{axis}'" if axis and msg.startswith("unknown key") else f"run [{label}]"
-                raise ConfigError(f"{where}: {msg}") from None
-            plain = cfg.to_dict()
-            if spec.task == "train":
-                run_id = cfg.run_id
-            else:
-                run_id = content_hash({"task": "measure", "model": plain["model"],
-                                       "measure": to_plain(spec.measure)})
+                raise _in_run(e, point, label) from None
+            run_id = task.run_id(cfg, spec.task_options)
             if run_id in ids:
                 raise ConfigError(f"run [{label}]: resolves to the same config as run [{ids[run_id]}] "
                                   "(an axis that changes nothing?)")
             ids[run_id] = label
-            runs.append(Run(run_id, dict(point), seed, plain, spec.task))
+            runs.append(Run(run_id, dict(point), seed, task.to_plain(cfg), task.name, typed=cfg))
     return runs
+
+
+def _in_run(e: FocalexpError, point: Mapping[str, Any], label: str) -> ConfigError:
+    """The error of one run, with where it happened: the grid axis when the key itself is unknown, else
+    the run. The original error stays attached (``__cause__``), its key in ``.key``, the run in ``.run``."""
+    msg = str(e)
+    if msg.startswith("unknown model '"):
+        msg = f"model.preset: {msg}"
+    unknown = re.match(r"unknown key '([^']+)'", msg)
+    axis = unknown.group(1) if unknown and unknown.group(1) in point else None
+    where = f"grid axis '{axis}'" if axis else f"run [{label}]"
+    out = ConfigError(f"{where}: {msg}")
+    out.run, out.key = label, (axis or (msg.split(":", 1)[0] if ":" in msg else None))
+    out.__cause__ = e
+    return out

@@ -88,9 +88,7 @@ class SweepDir:
 
     # -- manifest
     def write_manifest(self, spec: SweepSpec, runs: list[Run], cluster: str) -> None:
-        from ..configtools import to_plain
-
-        atomic_write_text(self.path / "spec.yaml", yaml.safe_dump(to_plain(spec), sort_keys=False))
+        atomic_write_text(self.path / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
         for r in runs:
             rd = self.run_dir(r.run_id)
             if not (rd / "run.json").exists():

@@ -23,7 +23,6 @@ import random
 import signal
 import sys
 import time
-import traceback
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Iterator
@@ -58,6 +57,19 @@ def write_json(path: Path, obj: Any) -> None:
 def read_metrics(run_dir: Path) -> list[dict]:
     p = Path(run_dir) / "metrics.jsonl"
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
+
+
+def process_peak_memory_mb(device: torch.device) -> float:
+    """``peak_memory_mb`` of a run's ``result.json``: the most memory this process held at once, in MiB
+    (2**20 bytes): on CUDA the peak of tensor memory allocated on ``device`` (``max_memory_allocated``);
+    on CPU the process's maximum resident set size (``ru_maxrss``: weights, activations, the Python
+    interpreter and its libraries). Not comparable across the two, nor with ``focalexp bench``, which
+    measures what a model adds during its warm-up steps."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def tune_cpu_allocator() -> bool:
@@ -448,6 +460,10 @@ class Trainer:
                 row.update({f"ema_{k}": v for k, v in self.evaluate(self.ema.module).items()})
         self.metrics.append(row)
         self.running = {"loss_sum": 0.0, "count": 0, "seconds": 0.0, "samples": 0}
+        if self.dist.is_main and self.progress is not False:  # one plain line per epoch (job logs, pipes)
+            acc = f", top-1 {row['top1']:.2f}" if "top1" in row else ""
+            print(f"epoch {epoch}/{t.epochs}: loss {row['train_loss']:.4f}{acc}, {row['images_per_s']:.0f} img/s, "
+                  f"{row['epoch_seconds']:.1f} s", file=sys.stderr, flush=True)
         if self.dist.is_main:
             atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in self.metrics))
             if "top1" in row and row["top1"] > self.best_top1:
@@ -472,12 +488,7 @@ class Trainer:
 
     def _summary(self) -> dict:
         last = next((m for m in reversed(self.metrics) if "top1" in m), {})
-        if self.device.type == "cuda":
-            peak = torch.cuda.max_memory_allocated(self.device) / 2**20
-        else:
-            import resource
-
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = process_peak_memory_mb(self.device)
         return {
             "top1": last.get("top1"), "top5": last.get("top5"), "eval_loss": last.get("eval_loss"),
             "best_top1": self.best_top1 if self.best_top1 >= 0 else None,

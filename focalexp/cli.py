@@ -39,6 +39,18 @@ EXAMPLES = {
 }
 
 
+STATE_HELP = (
+    "done (result.json says so); running; queued; requeued (preempted or timed out, back in the queue); "
+    "stopped (ended early with a checkpoint: the same sweep command continues it); failed (the reason and the "
+    "log's tail are shown); cancelled; missing (in the manifest, but no job was ever recorded for it: the "
+    "launcher stopped before submitting it; the same sweep command submits it); unknown (the scheduler "
+    "does not answer)."
+)
+# commands that never need torch before their work starts: the sweep engine validates thousands of runs,
+# and every user error comes back in well under a second
+LIGHT_COMMANDS = ("sweep", "status", "collect", "report", "train")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad argument in one line (exit 2) instead of usage + message."""
 
@@ -260,32 +272,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from .fileio import input_file
     from .overrides import parse_set_args
-    from .train.config import load_run_config
-    from .train.loop import RunInterrupted, train
+    from .train.config import check_nproc, load_run_config
 
-    from .fileio import input_file, usable_cores
-    from .train.loop import check_out_dir, read_run_checkpoint
-
-    if args.nproc < 1:
-        raise FocalexpError(f"--nproc: expected >= 1, got {args.nproc}")
-    if args.nproc > usable_cores():
-        raise FocalexpError(f"--nproc: {args.nproc} processes, but this machine has {usable_cores()} cores")
+    check_nproc(args.nproc)  # flags, files and the config are checked before torch is imported
     if args.resume is not None:
         input_file(args.resume, "--resume")
     cfg = load_run_config(args.config, parse_set_args(args.set), model=args.model)
     out = Path(args.out)
-    try:
-        if args.nproc > 1:
-            from .train.launch import train_multiprocess
+    from .train.loop import RunInterrupted, train
 
-            check_out_dir(cfg, out)  # train() does both checks itself for one process
-            if args.resume is not None:
-                read_run_checkpoint(args.resume, cfg)
-            train_multiprocess(cfg.to_dict(), str(out), args.nproc)
-            result = json.loads((out / "result.json").read_text())
-        else:
-            result = train(cfg, out, resume=args.resume)
+    try:
+        result = train(cfg, out, resume=args.resume, nproc=args.nproc)
     except RunInterrupted:
         print(f"interrupted: {out / 'last.pth'} holds the state; run the same command again to continue",
               file=sys.stderr)
@@ -319,7 +318,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .overrides import parse_set_args
-    from .sweep import axis_keys, estimate, expand, launch, load_spec, preflight
+    from .sweep import axis_keys, dry_run, expand, launch, load_spec, preflight
     from .sweep.spec import MAX_RUNS, check_run_count
 
     overrides = parse_set_args(args.set)
@@ -328,47 +327,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, overrides)
     sweep_dir = Path(args.dir) if args.dir else Path("sweeps") / spec.name
     check_run_count(spec, None if args.yes else MAX_RUNS)  # within a second, before any run is built
-    if not args.dry_run:
-        preflight(spec, sweep_dir, allow_setup=args.allow_setup)
-    runs = expand(spec, check_data_present=not args.dry_run)
-    axes = axis_keys(spec)
     if args.dry_run:
-        est = {e["run_id"]: e for e in estimate(spec, runs)}
-        rows = []
-        for r in runs:
-            e = est[r.run_id]
-            rows.append([r.run_id] + [_axis_cell(r.axes[a]) for a in axes] + [
-                str(r.seed), f"{e['gmacs']:.4g}", str(e.get("images") or "?"),
-                f"{e['train_pmacs']:.3g}" if "train_pmacs" in e else "-",
-                f"{e['gpu_hours']:.3g}" if "gpu_hours" in e else "-"])
-        if args.json:
-            print(json.dumps({"name": spec.name, "runs": [{"run_id": r.run_id, "axes": r.axes, "seed": r.seed,
-                                                            **est[r.run_id]} for r in runs]}, indent=1))
-            return 0
-        print(f"sweep {spec.name}: {len(runs)} runs ({spec.task}), dir {sweep_dir} (dry run: nothing written)")
-        if spec.description:
-            print(f"  {spec.description.strip()}")
-        print(_table(rows, ["run"] + axes + ["seed", "GMACs/img", "img/epoch", "train PMACs", "GPU-h"]))
-        if spec.task == "train":
-            tot = sum(e.get("train_pmacs", 0) for e in est.values())
-            gh = sum(e.get("gpu_hours", 0) for e in est.values())
-            gpus = spec.launcher.nodes * max(1, spec.launcher.gpus_per_node)
-            print(f"compute: {tot:.4g} PMACs of training (3 x forward GMACs x images x epochs) = {gh:.4g} GPU-hours "
-                  f"at {spec.estimate.gpu_tflops:g} sustained TFLOP/s per GPU (set estimate.gpu_tflops); "
-                  f"{gh / len(runs) / gpus:.3g} h wall per run on its {gpus} GPU(s)")
-        return 0
+        return _print_dry_run(dry_run(spec, sweep_dir), axis_keys(spec), args.json)
+    which = preflight(spec, sweep_dir, allow_setup=args.allow_setup)
+    runs = expand(spec)
     bar = None
+    plain = not sys.stderr.isatty()
 
     def progress(done: int, n: int) -> None:
         nonlocal bar
+        if plain:  # a log file or a pipe: one line per finished run
+            print(f"sweep {spec.name}: {done}/{n} runs finished", file=sys.stderr, flush=True)
+            return
         if bar is None:
             bar = _bar(n, f"sweep {spec.name}")
         bar.n = done
         bar.refresh()
 
-    from .sweep.launcher import local_parallelism, resolve_cluster
+    if which == "local":
+        from .sweep.launcher import local_parallelism
 
-    if resolve_cluster(spec.launcher) == "local":
         print(f"sweep {spec.name}: {len(runs)} runs, local processes, {local_parallelism(spec.launcher)} at a time "
               f"(logs in {sweep_dir}/logs; Ctrl-C stops them with a checkpoint, the same command continues)",
               file=sys.stderr, flush=True)
@@ -383,7 +361,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
           + (f"; left alone: {skipped}" if skipped else "") + f"; dir {sweep_dir}")
     if out.cluster == "slurm" and out.job_ids:
         arrays = sorted({j.split("_")[0] for j in out.job_ids})
-        print(f"SLURM job(s) {', '.join(arrays)}; follow with `focalexp status {sweep_dir}`")
+        print(f"SLURM job(s) {', '.join(arrays)}; follow with `focalexp status {sweep_dir}`; when they end, "
+              f"`focalexp report {sweep_dir}` writes the tables and figures (or pass --wait)")
     if out.cluster == "slurm" and args.wait:
         _follow(sweep_dir)
     if out.cluster != "slurm" or args.wait:
@@ -391,23 +370,69 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_dry_run(plan, axes: list[str], as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(plan.to_dict(), indent=1))
+        return 0
+    spec, t = plan.spec, plan.totals
+    any_gpu = t["gpu_hours"] is not None
+    rows = []
+    for r in plan.runs:
+        e = plan.estimates[r.run_id]
+        row = [r.run_id] + [_axis_cell(r.axes[a]) for a in axes] + [
+            str(r.seed), f"{e['gmacs']:.4g}", str(e.get("images") or "?"),
+            f"{e['train_pmacs']:.3g}" if e.get("train_pmacs") is not None else "-"]
+        if any_gpu:
+            row.append(f"{e['gpu_hours']:.3g}" if "gpu_hours" in e else "-")
+        if plan.existing:
+            row.append(plan.existing.get(r.run_id, "new"))
+        rows.append(row)
+    header = ["run"] + axes + ["seed", "GMACs/img", "img/epoch", "train PMACs"] + (["GPU-h"] if any_gpu else []) \
+        + (["state"] if plan.existing else [])
+    print(f"sweep {spec.name}: {len(plan.runs)} runs ({spec.task}) -> {plan.backend} ({plan.backend_reason}), "
+          f"dir {plan.sweep_dir} (dry run: nothing written)")
+    if spec.description:
+        print(f"  {spec.description.strip()}")
+    print(_table(rows, header))
+    if plan.existing:
+        from collections import Counter
+
+        c = Counter(plan.existing.get(r.run_id, "new") for r in plan.runs)
+        again = sum(v for k, v in c.items() if k in ("new", "missing", "stopped"))
+        print(f"in {plan.sweep_dir}: " + ", ".join(f"{v} {k}" for k, v in c.items())
+              + f"; the sweep would submit {again} (failed/cancelled ones with --retry-failed)")
+    if t["train_pmacs"] is not None:
+        line = f"compute: {t['train_pmacs']:.4g} PMACs of training (3 x forward GMACs x images x epochs)"
+        if any_gpu:
+            line += (f" = {t['gpu_hours']:.4g} GPU-hours at {t['gpu_tflops']:g} sustained TFLOP/s per GPU (set "
+                     f"estimate.gpu_tflops); {t['hours_per_run']:.3g} h wall per run on its {t['gpus_per_run']} GPU(s)")
+        else:
+            line += "; CPU runs (launcher.gpus_per_node is 0): no GPU-hours"
+        print(line)
+    return 0
+
+
 def _follow(sweep_dir) -> None:
-    import time
+    from .sweep import SETTLED, wait
 
-    from .sweep import status
+    bar = None
 
-    states = status(sweep_dir)
-    bar = _bar(len(states), "waiting")
-    while True:
-        states = status(sweep_dir)
-        ended = sum(s.state in ("done", "failed", "cancelled", "stopped", "missing") for s in states)
+    def show(states) -> None:
+        nonlocal bar
+        ended = sum(s.state in SETTLED for s in states)
+        line = " ".join(f"{k}={v}" for k, v in _counts(states).items())
+        if not sys.stderr.isatty():
+            print(f"waiting: {ended}/{len(states)} runs ended ({line})", file=sys.stderr, flush=True)
+            return
+        if bar is None:
+            bar = _bar(len(states), "waiting")
         bar.n = ended
-        bar.set_postfix_str(" ".join(f"{k}={v}" for k, v in _counts(states).items()))
+        bar.set_postfix_str(line)
         bar.refresh()
-        if ended == len(states):
-            break
-        time.sleep(5)
-    bar.close()
+
+    wait(sweep_dir, on_poll=show)
+    if bar is not None:
+        bar.close()
 
 
 def _counts(states) -> dict[str, int]:
@@ -449,6 +474,12 @@ def cmd_status(args: argparse.Namespace) -> int:
                 print(f"\n--- {s.run_id} ({s.state}) {s.log}:")
                 print("\n".join("  " + ln for ln in s.log_tail))
         print("\n" + ", ".join(f"{v} {k}" for k, v in _counts(states).items()))
+        from pathlib import Path
+
+        from .sweep import SETTLED
+
+        if states and all(s.state in SETTLED for s in states) and not (Path(args.dir) / "report.md").exists():
+            print(f"every run has ended: `focalexp report {args.dir}` writes the tables and figures")
     return 1 if any(s.state == "failed" for s in states) else 0
 
 
@@ -574,13 +605,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-setup", action="store_true",
                    help="run the spec's launcher.setup shell lines before each job (refused without this flag)")
 
-    p = add("status", cmd_status, "Where every run of a sweep stands (exit 1 if any failed).")
+    p = add("status", cmd_status, "Where every run of a sweep stands (exit 1 if any failed). States: " + STATE_HELP)
     p.add_argument("dir", help="sweep dir")
     p.add_argument("--json", action="store_true", help="print a JSON list")
 
     p = add("collect", cmd_collect, "One row per run (axes, then metrics) to results.csv / results.parquet.")
     p.add_argument("dir", help="sweep dir")
-    p.add_argument("--format", choices=["table", "csv", "json"], default="table", help="what to print")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table",
+                   help="what to print: table (default), csv or json; results.csv and results.parquet are always written")
 
     p = add("report", cmd_report, "Paper-style table (markdown, LaTeX; mean ± std over seeds) and seaborn figures.")
     p.add_argument("dir", help="sweep dir")
@@ -629,6 +661,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    if args.command in LIGHT_COMMANDS:
+        import focalexp
+
+        focalexp.light_imports()
     try:
         return int(args.func(args) or 0)
     except FocalexpError as e:

@@ -1,4 +1,4 @@
-"""Files: atomic writes (temp file + fsync + rename), and the checks on every path a user passes.
+"""Files: atomic writes (temp file + fsync + rename), the file lock, and the checks on every path a user passes.
 
 The checks answer in one line (a :class:`~focalexp.errors.ConfigError` naming the flag or key) before
 anything is read or written: a file that is missing or a directory, an output directory that is a
@@ -7,21 +7,61 @@ file or lies under one, a place that cannot be written.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import tempfile
 from pathlib import Path
+from typing import IO, Iterator
 
 from .errors import ConfigError, FocalexpError
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the new one, never a torn one."""
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, binary: bool = False) -> Iterator[IO]:
+    """``with atomic_write(path) as f: ...``: readers of ``path`` see the old file or the complete new one,
+    never a torn one (a unique temporary file in the same directory, fsync, rename); on an error the
+    temporary file is removed and ``path`` is untouched. The one atomic writer of focalexp (text, JSON,
+    YAML, checkpoints, claims)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
+    with atomic_write(path) as f:
         f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, *, blocking: bool = True) -> Iterator[IO]:
+    """Hold an exclusive ``flock`` on ``path`` (created if needed) for the ``with`` block; yields the open
+    file (``a+``: a holder may write its name into it). ``blocking=False`` raises :class:`BlockingIOError`
+    at once when another process holds it. The one file lock of focalexp (sweep dirs, run claims)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BaseException:
+        f.close()
+        raise
+    try:
+        yield f
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
 
 
 def input_file(path: str | os.PathLike, what: str, error: type[FocalexpError] = ConfigError) -> Path:

@@ -113,7 +113,7 @@ def test_run_count_is_answered_without_building_runs():
     assert count_runs(spec) == (1000 * 1000 * 2, False)  # above the exact walk: the cartesian bound
     with pytest.raises(ConfigError, match=r"up to 2,000,000 runs .*--yes"):
         check_run_count(spec)
-    small = parse_spec({**spec.__dict__, "launcher": {}, "measure": {}, "estimate": {},
+    small = parse_spec({**spec.to_dict(), "launcher": {}, "estimate": {},
                         "grid": {"model.focal_levels": [1, 2, 3]}, "exclude": [{"model.focal_levels": 2}]})
     assert count_runs(small) == (4, True) and check_run_count(small) == 4
 

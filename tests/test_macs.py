@@ -285,8 +285,29 @@ def test_module_runs_without_torch_when_the_package_init_is_bypassed():
     assert out.stdout.strip() == "4.421"
 
 
-@pytest.mark.xfail(strict=False, reason="models/__init__ is made lazy in the main branch")
-def test_plain_import_does_not_import_torch():
-    code = "import sys, focalexp.models.macs; assert 'torch' not in sys.modules, 'torch imported'"
+def test_light_import_does_not_import_torch():
+    """In a light-imports process (the CLI's sweep engine) the counter and the configs load without torch;
+    a plain ``import focalexp.models`` still registers the presets in timm (that needs torch)."""
+    code = ("import sys, focalexp; focalexp.light_imports(); import focalexp.models.macs as m; "
+            "from focalexp.models import resolve_config; m.gmacs(resolve_config('focalnet_t_srf')); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr[-500:]
+
+
+def test_every_config_the_validation_accepts_builds():
+    """The sweep validates model configs without building modules; that is sound only if every config that
+    FocalNetConfig accepts builds. A seeded sample of accepted knob combinations, built on the meta device
+    and run forward at the config's size."""
+    import torch
+
+    from focalexp.models.focalnet import FocalNet, skip_weight_init
+
+    cfgs = _random_configs(60, seed=12)
+    assert len(cfgs) >= 40
+    for cfg in cfgs:
+        with torch.device("meta"), skip_weight_init():
+            model = FocalNet(cfg)
+        out = model(torch.empty(1, cfg.in_chans, cfg.img_size, cfg.img_size, device="meta"))
+        outs = out if isinstance(out, list) else [out]  # backbone mode (out_indices): feature maps
+        assert outs and all(o.shape[0] == 1 for o in outs), cfg

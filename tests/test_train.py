@@ -170,7 +170,7 @@ def test_submitit_preemption_requeues_and_resumes(tmp_path):
 
 
 def test_two_processes_match_one_at_the_same_global_batch(tmp_path):
-    from focalexp.train.launch import train_multiprocess
+    from focalexp.train.multiprocess import train_multiprocess
 
     raw = tiny_run(data={"train_size": 512}, train={"epochs": 2, "batch_size": 32, "threads": 1})
     cfg = resolve_run_config(raw)

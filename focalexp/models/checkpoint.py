@@ -20,7 +20,6 @@ import functools
 import io
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -298,20 +297,11 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, strict: bool =
 
 # ---------------------------------------------------------------------------- writing
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same directory, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``torch.save`` through :func:`focalexp.fileio.atomic_write` (temporary file, fsync, rename)."""
+    from ..fileio import atomic_write
+
+    with atomic_write(path, binary=True) as f:
+        torch.save(obj, f)
 
 
 def save_model(model: nn.Module, path: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> None:

@@ -17,12 +17,13 @@ from typing import Any, Callable
 
 from ..errors import ConfigError
 from .collect import collect, report, summarize
+from .follow import SETTLED, DryRun, dry_run, wait
 from .spec import Run, SweepSpec, axis_keys, expand, load_spec, parse_spec
 from .status import RunState, counts, run_states
 from .store import SweepDir
 
 __all__ = ["load_spec", "parse_spec", "expand", "launch", "status", "collect", "report", "summarize",
-           "estimate", "estimate_totals", "preflight", "SweepSpec", "Run", "RunState", "SweepDir", "axis_keys", "counts", "LaunchOutcome"]
+           "estimate", "estimate_totals", "preflight", "dry_run", "DryRun", "wait", "SETTLED", "SweepSpec", "Run", "RunState", "SweepDir", "axis_keys", "counts", "LaunchOutcome"]
 
 
 def status(sweep_dir: str | Path) -> list[RunState]:

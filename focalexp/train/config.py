@@ -120,7 +120,7 @@ class RunConfig:
                    train=TrainConfig(**d["train"]), eval=EvalConfig(**d["eval"]))
 
     def model_config(self):
-        from ..models.factory import resolve_config
+        from ..models.presets import resolve_config
 
         return resolve_config(self.model)
 
@@ -221,6 +221,16 @@ def validate(cfg: RunConfig, data_present: bool = True) -> None:
         raise ConfigError("train.mixup: mixing pathfinder images destroys their labels (connected or not); keep 0")
     if t.amp == "fp16" and t.device == "cpu":
         raise ConfigError("train.amp: fp16 autocast needs a GPU; use bf16 on CPU")
+
+
+def check_nproc(nproc: int) -> None:
+    """Local training processes: at least one, at most one per usable core."""
+    from ..fileio import usable_cores
+
+    if nproc < 1:
+        raise ConfigError(f"--nproc: expected >= 1, got {nproc}")
+    if nproc > usable_cores():
+        raise ConfigError(f"--nproc: {nproc} processes, but this machine has {usable_cores()} cores")
 
 
 # timm optimizer names accepted without importing timm (a test checks that timm has every one of them)

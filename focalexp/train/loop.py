@@ -476,13 +476,11 @@ class Trainer:
     # -- result
     def _result_base(self) -> dict:
         if not hasattr(self, "_base"):
-            from ..analysis.flops import count_params, measure_flops, model_for_counting
+            from ..models.macs import gmacs
 
             mcfg = self.model.config
-            gmacs = None
-            if self.dist.is_main:
-                gmacs = measure_flops(model_for_counting(mcfg), mcfg.img_size, cross_check=False).gmacs
-            self._base = {"run_id": self.cfg.run_id, "params": count_params(self.model), "gmacs": gmacs,
+            params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+            self._base = {"run_id": self.cfg.run_id, "params": params, "gmacs": gmacs(mcfg),
                           "model": self.cfg.model.get("preset"), "img_size": mcfg.img_size}
         return dict(self._base)
 
@@ -508,10 +506,23 @@ def _first_difference(a: Any, b: Any, key: str = "") -> str:
 
 
 def train(cfg: RunConfig, out: str | os.PathLike, *, resume: str | os.PathLike | None = None,
-          progress: bool | None = None) -> dict:
-    """Run one training + evaluation; returns the result dict (also in ``out/result.json``)."""
+          progress: bool | None = None, nproc: int = 1) -> dict:
+    """Run one training + evaluation; returns the result dict (also in ``out/result.json``).
+
+    ``nproc`` > 1 trains on that many local processes (DDP: gloo on CPU, nccl with one GPU each); the
+    run dir and ``resume`` are checked once, here, before any process starts."""
+    from .config import check_nproc
+
+    check_nproc(nproc)
     check_out_dir(cfg, Path(out))
-    return Trainer(cfg, out, resume=resume, progress=progress).run()
+    if nproc == 1:
+        return Trainer(cfg, out, resume=resume, progress=progress).run()
+    from .multiprocess import train_multiprocess
+
+    if resume is not None:
+        read_run_checkpoint(resume, cfg)
+    train_multiprocess(cfg.to_dict(), str(out), nproc, progress, None if resume is None else str(resume))
+    return json.loads((Path(out) / "result.json").read_text())
 
 
 RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "ema", "epoch", "step", "global_step", "best_top1",

@@ -478,7 +478,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
         from .sweep import SETTLED
 
-        if states and all(s.state in SETTLED for s in states) and not (Path(args.dir) / "report.md").exists():
+        ended = states and all(s.state in SETTLED for s in states)
+        if ended and not (Path(args.dir) / "report" / "report.md").exists():
             print(f"every run has ended: `focalexp report {args.dir}` writes the tables and figures")
     return 1 if any(s.state == "failed" for s in states) else 0
 
@@ -661,9 +662,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    if args.command in LIGHT_COMMANDS:
-        import focalexp
+    import focalexp
 
+    light_before = focalexp._LIGHT_IMPORTS
+    if args.command in LIGHT_COMMANDS:
         focalexp.light_imports()
     try:
         return int(args.func(args) or 0)
@@ -685,6 +687,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"focalexp {args.command}: internal error: {type(e).__name__}: {what} "
                          "(FOCALEXP_DEBUG=1 shows the traceback; please report it)\n")
         return 1
+    finally:  # main() called in-process (a notebook, the tests): later imports are eager again
+        focalexp._LIGHT_IMPORTS = light_before
 
 
 if __name__ == "__main__":  # pragma: no cover

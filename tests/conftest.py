@@ -8,6 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+import focalexp.models  # noqa: F401 - eagerly, with the timm registration, before any in-process CLI call
+
 
 def make_image_folder(root: Path, n_train: int = 12, n_val: int = 6, size: int = 40) -> Path:
     """root/{train,val}/{bright,dark}/*.png: two classes a model can tell apart (brightness)."""

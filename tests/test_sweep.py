@@ -214,6 +214,31 @@ def test_status_command_reports_the_failure_and_exits_1(local_sweep):
     assert sorted(x["state"] for x in js) == ["done", "done", "failed"]
 
 
+def test_what_a_newcomer_sees_of_a_local_sweep(local_sweep):
+    """Off a terminal the launcher prints a line per finished run; each job log holds the run's epochs; the
+    dry run of an existing sweep dir names the backend, each run's state and what a re-run would submit
+    (and no GPU-hours for CPU runs); status points to the report once every run has ended."""
+    from focalexp.sweep import SETTLED, wait
+
+    tmp, p, r = local_sweep
+    assert "sweep tiny: 3/3 runs finished" in r.stderr
+    logs = "".join(f.read_text(errors="replace") for f in (tmp / "sw" / "logs").rglob("*_log.err"))
+    assert "epoch 1/2: loss" in logs and "epoch 2/2: loss" in logs
+    assert not (tmp / "sw" / "logs" / "%j").exists()
+    d = cli("sweep", str(p), "--dir", str(tmp / "sw"), "--dry-run", cwd=tmp)
+    assert d.returncode == 0, d.stderr
+    assert "-> local (launcher.cluster: local)" in d.stdout and "GPU-h" not in d.stdout
+    assert "2 done, 1 failed; the sweep would submit 0" in d.stdout and "no GPU-hours" in d.stdout
+    states = wait(tmp / "sw", poll_s=0.01, timeout_s=30)
+    assert all(s.state in SETTLED for s in states)
+    assert f"focalexp report {tmp / 'sw'}" not in cli("status", str(tmp / "sw")).stdout  # the sweep wrote it
+    (tmp / "sw" / "report").rename(tmp / "sw" / "report.aside")
+    try:
+        assert f"every run has ended: `focalexp report {tmp / 'sw'}`" in cli("status", str(tmp / "sw")).stdout
+    finally:
+        (tmp / "sw" / "report.aside").rename(tmp / "sw" / "report")
+
+
 def test_rerun_skips_finished_and_retry_failed_resubmits_only_the_failure(local_sweep):
     tmp, p, _ = local_sweep
     done_ids = [s.run_id for s in status(tmp / "sw") if s.state == "done"]

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 
 from ..models.config import FocalNetConfig
-from ..models.focalnet import FocalNet
+from ..models.focalnet import model_for_counting  # noqa: F401 (re-exported: its home is models)
 
 # fvcore's default handles, in its simplified op names (what the papers count)
 PAPER_OPS = {
@@ -125,19 +125,6 @@ class FlopsReport:
 def count_params(model: nn.Module) -> int:
     """Trainable parameters (the papers' and timm's ``param_count``)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def model_for_counting(cfg: FocalNetConfig) -> FocalNet:
-    """A FocalNet with zeroed weights, built without running its (slow, for 400 M params) init."""
-    from ..models.focalnet import skip_weight_init
-
-    with torch.device("meta"), skip_weight_init():
-        m = FocalNet(cfg)
-    m = m.to_empty(device="cpu")
-    with torch.no_grad():
-        for t in list(m.parameters()) + list(m.buffers()):
-            t.zero_()
-    return m.eval()
 
 
 def official_flops(cfg: FocalNetConfig, img_size: int | None = None, num_classes: int | None = None) -> int | None:

@@ -255,12 +255,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         rows.append([
             r.name, r.mode, str(r.img_size),
             f"{r.median:.1f} [{min(r.images_per_s):.1f}-{max(r.images_per_s):.1f}]", f"{r.step_ms:.1f}",
-            "-" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.{1 if r.peak_mem_mb < 10 else 0}f}",
+            "-" if r.peak_delta_mb is None else f"{r.peak_delta_mb:.{1 if r.peak_delta_mb < 10 else 0}f}",
             _fmt_m(r.params), _fmt_g(r.gmacs), ratio,
         ])
-    print(_table(rows, ["model", "mode", "res", "img/s median [min-max]", "step ms", f"peak MB ({kind})",
+    print(_table(rows, ["model", "mode", "res", "img/s median [min-max]", "step ms", f"peak delta MB ({kind})",
                         "params M", "GMACs", "speed ratio"]))
-    print(f"\npeak MB: {e['memory_meaning']}.\nGMACs: per image, the papers' convention (fvcore; element-wise ops "
+    print(f"\npeak delta MB (peak_delta_mb): {e['memory_meaning']}; what the steps need, not the whole-process "
+          f"peak a run's result.json reports.\nGMACs: per image, the papers' convention (fvcore; element-wise ops "
           f"not counted).\nspeed ratio: images/s relative to {e['baseline']}, median (quartiles) of the "
           "round-by-round ratios.")
     for name, err in e["flops_errors"].items():

@@ -21,6 +21,16 @@ from focalexp.analysis.memory import MEM_RSS, rss_peak_available
 from focalexp.analysis.timing import paired_ratio
 from focalexp.errors import ConfigError, UnknownNameError
 
+@pytest.fixture(autouse=True, scope="module")
+def _own_count_cache(tmp_path_factory):
+    """GMACs are counted for real, into a cache of this module's own (not the user's)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+    mp.delenv("FOCALEXP_CACHE_DIR", raising=False)
+    yield
+    mp.undo()
+
+
 TINY = ["--img-size", "64", "--batch-size", "2", "--rounds", "2", "--warmup", "1", "--threads", "1"]
 
 

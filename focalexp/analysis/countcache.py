@@ -65,13 +65,13 @@ def _environment() -> dict[str, str]:
 
     import torch
 
-    from .. import __version__
+    import focalexp
 
     try:
         fvcore = metadata.version("fvcore")
     except metadata.PackageNotFoundError:
         fvcore = "none"
-    return {"focalexp": __version__, "torch": torch.__version__, "fvcore": fvcore, "code": code_digest()}
+    return {"focalexp": focalexp.__version__, "torch": torch.__version__, "fvcore": fvcore, "code": code_digest()}
 
 
 def _full_key(key: dict[str, Any]) -> dict[str, Any]:

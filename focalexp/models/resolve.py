@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping
-
-import torch.nn as nn
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import ConfigError, UnknownNameError, closest, did_you_mean
 from .config import FocalNetConfig
-from .factory import resolve_config
-from .presets import canonical_name, list_presets
+from .presets import canonical_name, list_presets, resolve_config
+
+if TYPE_CHECKING:  # resolving a name needs no torch; building the model does
+    import torch.nn as nn
 
 # knobs that would fetch or read files, not shape the model: weights load through --checkpoint (the allowlist)
 NOT_KNOBS = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "pretrained_strict", "checkpoint_path",
@@ -75,6 +75,7 @@ def _timm_knobs(name: str) -> set[str]:
     import sys
 
     import timm
+    import torch.nn as nn
 
     try:
         fn = timm.models.model_entrypoint(name)

@@ -83,7 +83,7 @@ import torch.nn as nn
 import torch.utils._python_dispatch
 
 from focalexp.analysis.flops import measure_flops
-from focalexp.analysis.modelspec import resolve_model_spec
+from focalexp.models.resolve import resolve_model_spec
 
 RESOLUTIONS = (224, 320, 384, 512, 640, 768, 896, 1024)
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"

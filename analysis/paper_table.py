@@ -4,13 +4,16 @@
     python analysis/paper_table.py --fast                 # params + the official flops() formula only (~30 s)
     python analysis/paper_table.py --models focalnet_t_srf,focalnet_t_lrf,focalnet_t_iso --throughput --threads 2
 
+fvcore counts are kept in focalexp's count cache (``focalexp.analysis.countcache``), so a second run reads
+them back in seconds; ``FOCALEXP_CACHE=0`` counts everything again.
+
 One row per published reference of a preset (``Preset.rows``: a preset can have several, e.g. at 384 px or
 with another classifier head), one row for a preset without any (toolkit and new variants). Measured:
 
 params
     trainable parameters, exact, of the architecture at that row's head.
 GMACs
-    fvcore in the papers' convention (``focalexp.analysis.flops.measure_flops``: 1 multiply-add = 1;
+    fvcore in the papers' convention (``focalexp.analysis.flops.config_flops``: 1 multiply-add = 1;
     conv/linear/matmul MACs + 5/element per LayerNorm; element-wise ops not counted), batch 1, at the row's
     resolution and head. This is what timm's benchmark CSVs report. Skipped with ``--fast``.
 flops()
@@ -49,8 +52,7 @@ from typing import Any
 import torch
 
 from focalexp.analysis.bench import run_bench
-from focalexp.analysis.flops import count_params, measure_flops, model_for_counting, official_flops
-from focalexp.models.focalnet import FocalNet
+from focalexp.analysis.presets_table import preset_counts, row_config
 from focalexp.models.presets import PaperRow, Preset, get_preset, list_presets
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
@@ -92,16 +94,6 @@ def decimals(v: float | int) -> int:
 def same_at_precision(measured: float, ref: float | int) -> bool:
     d = decimals(ref)
     return abs(round(measured, d) - ref) < 1e-9 * max(1.0, abs(ref))
-
-
-def row_config(preset: Preset, row: PaperRow | None):
-    """The preset's config at the row's resolution and head (as tests/test_presets.py builds it)."""
-    cfg = preset.config
-    if row is not None and row.num_classes is not None and row.num_classes != cfg.num_classes:
-        cfg = cfg.replace(num_classes=row.num_classes)
-    if row is not None and row.img_size != cfg.img_size:
-        cfg = cfg.replace(img_size=row.img_size)
-    return cfg
 
 
 def compare(rec: dict[str, Any], row: PaperRow | None) -> None:
@@ -154,28 +146,23 @@ def compare(rec: dict[str, Any], row: PaperRow | None) -> None:
 
 # ---------------------------------------------------------------------------- measuring
 def measure(presets: list[Preset], *, fast: bool, progress=None) -> list[dict[str, Any]]:
-    """One record per (preset, reference row); GMACs counted once per distinct configuration."""
-    cache: dict[Any, tuple[int, float | None]] = {}
+    """One record per (preset, reference row); counted once per distinct configuration (the library's
+    ``preset_counts``: params, fvcore GMACs unless ``fast``, official flops())."""
+    counted: dict[Any, Any] = {}
     records = []
     for p in presets:
         for row in p.rows or (None,):
             cfg = row_config(p, row)
             key = (p.name, cfg.img_size, cfg.num_classes)
-            if key not in cache:
+            if key not in counted:
                 if progress:
                     progress(f"{p.name} @ {cfg.img_size}" + ("" if cfg is p.config else f", {cfg.num_classes} classes"))
-                if fast:
-                    with torch.device("meta"):
-                        cache[key] = (count_params(FocalNet(cfg)), None)
-                else:
-                    rep = measure_flops(model_for_counting(cfg), cfg.img_size, cross_check=False, config=cfg)
-                    cache[key] = (rep.params, rep.gmacs)
-            params, gmacs = cache[key]
-            off = official_flops(cfg)
+                counted[key] = preset_counts(cfg, fast=fast)
+            n = counted[key]
             rec = {c: None for c in COLUMNS}
             rec.update(model=p.name, kind=p.kind, source="" if row is None else row.source, res=cfg.img_size,
-                       head=cfg.num_classes, params=params, gmacs=gmacs,
-                       flops_g=None if off is None else off / 1e9, note="" if row is None else row.note)
+                       head=cfg.num_classes, params=n.params, gmacs=n.gmacs, flops_g=n.official_gflops,
+                       note="" if row is None else row.note)
             compare(rec, row)
             if rec["match"] == "differs" and not rec["note"]:
                 rec["note"] = p.doc  # the preset's description says why, where it is known

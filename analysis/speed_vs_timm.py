@@ -6,7 +6,7 @@
 Prints images/s (median, min-max over rounds) for each model and mode, and the speed ratio ours/timm as
 the median of round-by-round ratios (each round times one step of each model back to back, in
 alternating order, so slow drifts of a shared machine cancel). Peak memory is measured during each model's
-warm-up: the allocator peak on CUDA, the peak-RSS delta on CPU (see focalexp.analysis.bench.PeakMemory).
+warm-up: the allocator peak on CUDA, the peak-RSS delta on CPU (see focalexp.analysis.memory.PeakMemory).
 For any models, not only a preset against its timm twin, use `focalexp bench`.
 """
 
@@ -19,7 +19,8 @@ import sys
 import timm
 import torch
 
-from focalexp.analysis.bench import MEM_SHORT, interleaved, make_step, paired_ratio
+from focalexp.analysis.memory import MEM_SHORT
+from focalexp.analysis.timing import interleaved, make_step, paired_ratio
 from focalexp.models import create_model, get_preset
 from focalexp.models.checkpoint import load_state_into
 
@@ -81,8 +82,8 @@ def main(argv=None) -> int:
         for name in ("focalexp", "timm"):
             d = r[name]
             print(f"  {mode:5s} {name:9s} {d['median']:8.1f} img/s  (min {d['min']:.1f}, max {d['max']:.1f})  "
-                  f"step {d['step_ms']:7.1f} ms" + (f"  peak mem {d['peak_mem_mb']:.0f} MB ({MEM_SHORT[d['mem_kind']]})"
-                     if d["peak_mem_mb"] is not None else ""))
+                  f"step {d['step_ms']:7.1f} ms" + (f"  peak delta {d['peak_delta_mb']:.0f} MB ({MEM_SHORT[d['mem_kind']]})"
+                     if d["peak_delta_mb"] is not None else ""))
         print(f"  {mode:5s} speed ours/timm: {r['ratio']:.2f}x (median of {args.rounds} paired rounds; "
               f"quartiles {r['ratio_iqr'][0]:.2f}-{r['ratio_iqr'][1]:.2f})")
     return 0

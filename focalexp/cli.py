@@ -74,50 +74,40 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 # ---------------------------------------------------------------------------- models
-def cmd_models(args: argparse.Namespace) -> int:
-    import torch
-    from tqdm import tqdm
+class _CountingProgress:
+    """Progress of a loop over named items: a tqdm bar on a terminal, else one line per item on stderr
+    ("counting 3/35 focalnet_t_lrf"), so that a log shows where a long run is."""
 
-    from .analysis.flops import count_params, measure_flops, model_for_counting, official_flops
-    from .models.focalnet import FocalNet
-    from .models.presets import list_presets
+    def __init__(self, desc: str):
+        self.desc = desc
+        self.bar = None
 
-    presets = list_presets(args.kind)
-    records: list[dict[str, Any]] = []
-    bar = tqdm(presets, desc="counting", disable=args.fast or not sys.stderr.isatty(), leave=False)
-    for p in bar:
-        bar.set_postfix_str(p.name)
-        cfg = p.config
-        if args.fast:
-            with torch.device("meta"):
-                params = count_params(FocalNet(cfg))
-            gmacs = None
+    def __call__(self, i: int, n: int, name: str) -> None:
+        if not sys.stderr.isatty():
+            print(f"{self.desc} {i}/{n} {name}", file=sys.stderr, flush=True)
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=n, desc=self.desc, leave=False)
         else:
-            rep = measure_flops(model_for_counting(cfg), cfg.img_size, cross_check=False, config=cfg)
-            params, gmacs = rep.params, rep.gmacs
-        off = official_flops(cfg)
-        row = p.rows[0] if p.rows else None
-        records.append(
-            {
-                "name": p.name,
-                "kind": p.kind,
-                "aliases": list(p.aliases),
-                "img_size": cfg.img_size,
-                "num_classes": cfg.num_classes,
-                "params": params,
-                "gmacs": gmacs,
-                "official_gflops": None if off is None else off / 1e9,
-                "paper": None if row is None else {
-                    "source": row.source,
-                    "params": row.params,
-                    "params_m": row.paper_params_m if row.paper_params_m is not None else row.params_m,
-                    "gflops": row.paper_gflops,
-                    "gmacs": row.gmacs,
-                },
-                "timm_weights": f"{p.timm_name}.{p.timm_tag}" if p.timm_name else None,
-                "description": p.doc,
-            }
-        )
+            self.bar.update(1)
+        self.bar.set_postfix_str(name)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .analysis.presets_table import compare_presets
+
+    progress = None if args.fast else _CountingProgress("counting")
+    try:
+        records = compare_presets(args.kind, fast=args.fast, progress=progress)
+    finally:
+        if progress is not None:
+            progress.close()
     if args.json:
         print(json.dumps(records, indent=2))
         return 0
@@ -141,29 +131,29 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- flops
 def cmd_flops(args: argparse.Namespace) -> int:
-    from .analysis.flops import flops_table, measure_flops
-    from .analysis.modelspec import img_size_override, resolve_model_spec
-    from .models.presets import canonical_name, get_preset
+    from .analysis.flops import config_flops, config_flops_table, flops_table, measure_flops
+    from .models.presets import get_preset
+    from .models.resolve import img_size_override, resolve_model_spec
     from .overrides import parse_set_args
 
     if args.depth < 0:
         raise FocalexpError(f"--depth: expected >= 0, got {args.depth}")
     spec = resolve_model_spec(args.model, parse_set_args(args.set))
     size = img_size_override(spec, args.img_size)
-    model = spec.build(counting=True)
-    in_chans = spec.config.in_chans if spec.config is not None else 3
-    try:
-        rep = measure_flops(model, size, name=spec.label, depth=args.depth, config=spec.config, in_chans=in_chans)
-    except (AssertionError, RuntimeError, ValueError, IndexError) as e:
-        if spec.config is not None:
-            raise
-        why = (" ".join(str(e).split()) or type(e).__name__)[:160]
-        raise FocalexpError(f"--img-size: timm model '{spec.timm_name}' does not take {size}x{size} input ({why}); "
-                            f"its native size is {spec.img_size}") from None
+    model = None
+    if spec.config is not None:  # a FocalNet: counted once per config, then read from the count cache
+        rep = config_flops(spec.config, size, name=spec.label, depth=args.depth)
+    else:
+        model = spec.build(counting=True)
+        try:
+            rep = measure_flops(model, size, name=spec.label, depth=args.depth, in_chans=spec.in_chans)
+        except (AssertionError, RuntimeError, ValueError, IndexError) as e:
+            why = (" ".join(str(e).split()) or type(e).__name__)[:160]
+            raise FocalexpError(f"--img-size: timm model '{spec.timm_name}' does not take {size}x{size} input "
+                                f"({why}); its native size is {spec.img_size}") from None
     paper = None
-    if spec.config is not None and not args.set:
-        p = get_preset(canonical_name(args.model))
-        paper = next((r for r in p.rows if r.img_size == size and r.num_classes is None), None)
+    if spec.preset is not None and not args.set:
+        paper = next((r for r in get_preset(spec.preset).rows if r.img_size == size and r.num_classes is None), None)
     if args.json:
         d = rep.to_dict()
         if paper is not None:
@@ -202,7 +192,8 @@ def cmd_flops(args: argparse.Namespace) -> int:
         print(f"  {m:<26}{v:>16.4f}")
     if args.by == "module":
         print(f"\nper module (fvcore, depth {args.depth}):")
-        print(flops_table(model, size, depth=args.depth, in_chans=in_chans))
+        print(config_flops_table(spec.config, size, depth=args.depth) if model is None
+              else flops_table(model, size, depth=args.depth, in_chans=spec.in_chans))
     elif args.by == "operator":
         print("\nper operator (GMACs; * = not counted in the papers' convention):")
         for op, v in rep.by_operator.items():
@@ -255,12 +246,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         rows.append([
             r.name, r.mode, str(r.img_size),
             f"{r.median:.1f} [{min(r.images_per_s):.1f}-{max(r.images_per_s):.1f}]", f"{r.step_ms:.1f}",
-            "-" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.{1 if r.peak_mem_mb < 10 else 0}f}",
+            "-" if r.peak_delta_mb is None else f"{r.peak_delta_mb:.{1 if r.peak_delta_mb < 10 else 0}f}",
             _fmt_m(r.params), _fmt_g(r.gmacs), ratio,
         ])
-    print(_table(rows, ["model", "mode", "res", "img/s median [min-max]", "step ms", f"peak MB ({kind})",
+    print(_table(rows, ["model", "mode", "res", "img/s median [min-max]", "step ms", f"peak delta MB ({kind})",
                         "params M", "GMACs", "speed ratio"]))
-    print(f"\npeak MB: {e['memory_meaning']}.\nGMACs: per image, the papers' convention (fvcore; element-wise ops "
+    print(f"\npeak delta MB (peak_delta_mb): {e['memory_meaning']}; what the steps need, not the whole-process "
+          f"peak a run's result.json reports.\nGMACs: per image, the papers' convention (fvcore; element-wise ops "
           f"not counted).\nspeed ratio: images/s relative to {e['baseline']}, median (quartiles) of the "
           "round-by-round ratios.")
     for name, err in e["flops_errors"].items():

@@ -16,8 +16,20 @@ import pytest
 import torch
 
 from focalexp.analysis import bench
-from focalexp.analysis.bench import MEM_RSS, paired_ratio, rss_peak_available, run_bench
+from focalexp.analysis.bench import run_bench
+from focalexp.analysis.memory import MEM_RSS, rss_peak_available
+from focalexp.analysis.timing import paired_ratio
 from focalexp.errors import ConfigError, UnknownNameError
+
+@pytest.fixture(autouse=True, scope="module")
+def _own_count_cache(tmp_path_factory):
+    """GMACs are counted for real, into a cache of this module's own (not the user's)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+    mp.delenv("FOCALEXP_CACHE_DIR", raising=False)
+    yield
+    mp.undo()
+
 
 TINY = ["--img-size", "64", "--batch-size", "2", "--rounds", "2", "--warmup", "1", "--threads", "1"]
 
@@ -64,9 +76,10 @@ def test_ratios_first_is_one_and_others_agree_with_the_rounds(report):
 def test_cpu_peak_memory_is_a_positive_rss_delta(report):
     for mode in ("infer", "train"):
         r = report.get("focalnet_micro", mode)
-        assert r.mem_kind == MEM_RSS and r.peak_mem_mb > 0
+        assert r.mem_kind == MEM_RSS and r.peak_delta_mb > 0
+        assert r.peak_mem_mb == r.peak_delta_mb  # the old attribute name still reads it
     # a training step holds activations, gradients and AdamW's state: more than inference needs
-    assert report.get("focalnet_micro", "train").peak_mem_mb > report.get("focalnet_micro", "infer").peak_mem_mb
+    assert report.get("focalnet_micro", "train").peak_delta_mb > report.get("focalnet_micro", "infer").peak_delta_mb
     assert report.env["memory_kind"] == MEM_RSS and "RSS" in report.env["memory_meaning"]
 
 
@@ -76,7 +89,7 @@ def test_rss_delta_sees_memory_again_after_it_was_freed():
     # measurement would reuse resident pages and read ~0. A subprocess keeps the mallopt out of this one.
     code = (
         "import ctypes, torch\n"
-        "from focalexp.analysis.bench import PeakMemory\n"
+        "from focalexp.analysis.memory import PeakMemory\n"
         # M_MMAP_THRESHOLD and M_TRIM_THRESHOLD, as the trainer's tune_cpu_allocator sets them
         "libc = ctypes.CDLL('libc.so.6'); libc.mallopt(-3, 1 << 30); libc.mallopt(-1, 1 << 30)\n"
         "for _ in range(3):\n"
@@ -96,8 +109,9 @@ def test_json_output_parses(run):
     d = json.loads(p.stdout)
     assert [(r["name"], r["mode"]) for r in d["results"]] == [("focalnet_micro", "infer"), ("test_vit", "infer")]
     r = d["results"][1]
-    for k in ("median", "min", "max", "step_ms", "peak_mem_mb", "mem_kind", "params", "gmacs", "ratio"):
+    for k in ("median", "min", "max", "step_ms", "peak_delta_mb", "mem_kind", "params", "gmacs", "ratio"):
         assert k in r
+    assert "peak_mem_mb" not in r and "peak_memory_mb" not in r  # one name, not a run's process peak
     assert d["results"][0]["ratio"] == 1.0
     for k in ("torch", "timm", "device", "device_name", "threads", "precision", "channels_last", "compile",
               "memory_kind", "memory_meaning", "batch_size", "rounds", "warmup"):
@@ -111,7 +125,7 @@ def test_csv_has_one_row_per_model_and_mode_and_a_cnn_from_timm(run):
     rows = list(csv.DictReader(io.StringIO(p.stdout)))
     assert [(r["model"], r["mode"]) for r in rows] == [
         ("focalnet_micro", "infer"), ("focalnet_micro", "train"), ("resnet18", "infer"), ("resnet18", "train")]
-    for col in ("images_per_s", "images_per_s_min", "images_per_s_max", "step_ms", "peak_mem_mb", "mem_kind",
+    for col in ("images_per_s", "images_per_s_min", "images_per_s_max", "step_ms", "peak_delta_mb", "mem_kind",
                 "params", "gmacs", "ratio", "device", "precision", "threads", "torch", "timm"):
         assert col in rows[0]
     assert float(rows[0]["ratio"]) == 1.0 and float(rows[2]["ratio"]) > 0
@@ -122,8 +136,9 @@ def test_csv_has_one_row_per_model_and_mode_and_a_cnn_from_timm(run):
 def test_table_names_every_model_and_the_conventions(run):
     p = run("bench", "--model", "focalnet_micro", "--model", "test_vit", *TINY)
     assert "focalnet_micro" in p.stdout and "test_vit" in p.stdout and "1.00x" in p.stdout
-    for needle in ("img/s median [min-max]", "step ms", "peak MB", "params M", "GMACs", "speed ratio", "threads 1"):
+    for needle in ("img/s median [min-max]", "step ms", "peak delta MB", "params M", "GMACs", "speed ratio", "threads 1"):
         assert needle in p.stdout
+    assert "not the whole-process peak" in p.stdout  # the bench figure says which peak it is
     assert p.stderr == ""  # no progress lines when stderr is not a terminal
 
 

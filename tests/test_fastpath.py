@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from focalexp.analysis.flops import measure_flops
 from focalexp.models import FocalNet, FocalNetConfig
-from focalexp.models import layers
-from focalexp.models.layers import reference_path
+from focalexp.models import fastpath, layers
+from focalexp.models.fastpath import reference_path
 
-pytestmark = pytest.mark.skipif(not layers.fast_path_enabled(), reason="torch built without oneDNN")
+pytestmark = pytest.mark.skipif(not fastpath.fast_path_enabled(), reason="torch built without oneDNN")
 
 
 def model(**kw) -> FocalNet:
@@ -23,13 +27,13 @@ def model(**kw) -> FocalNet:
 @pytest.fixture
 def calls(monkeypatch):
     n = {"fast": 0}
-    real = layers._MKLDNN_LINEAR
+    real = fastpath._MKLDNN_LINEAR
 
     def counting(*a):
         n["fast"] += 1
         return real(*a)
 
-    monkeypatch.setattr(layers, "_MKLDNN_LINEAR", counting)
+    monkeypatch.setattr(fastpath, "_MKLDNN_LINEAR", counting)
     return n
 
 
@@ -85,9 +89,34 @@ def test_flop_counts_do_not_see_the_fast_path():
 
 
 def test_switch():
-    assert layers.fast_path_enabled()
-    layers.set_fast_path(False)
+    assert fastpath.fast_path_enabled()
+    fastpath.set_fast_path(False)
     try:
-        assert not layers.fast_path_enabled()
+        assert not fastpath.fast_path_enabled()
+        with reference_path():
+            assert not fastpath.fast_path_enabled()
+        assert not fastpath.fast_path_enabled()  # the block restores what was set before it
+    finally:
+        fastpath.set_fast_path(True)
+    with reference_path():
+        assert not fastpath.fast_path_enabled()
+    assert fastpath.fast_path_enabled()
+
+
+def test_old_import_paths_still_work():
+    # the fast path's public names moved from layers to fastpath; layers re-exports them
+    for name in ("fast_path_enabled", "set_fast_path", "reference_path", "linear", "Linear", "ChannelLinear"):
+        assert getattr(layers, name) is getattr(fastpath, name)
+    layers.set_fast_path(False)  # switches the one flag the models read
+    try:
+        assert not fastpath.fast_path_enabled()
     finally:
         layers.set_fast_path(True)
+
+
+def test_environment_variable_turns_it_off():
+    code = "from focalexp.models import fastpath; print(fastpath.fast_path_enabled())"
+    env = {**os.environ, "FOCALEXP_FAST_PATH": "0"}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "False"

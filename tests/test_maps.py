@@ -90,7 +90,7 @@ def test_modulator_map_is_the_norm_of_h_output(photos64):
     inp = seen["x"]  # (B, H, W, C) after norm1
     C = mod.dim
     f = F.linear(inp, mod.f.weight, mod.f.bias)
-    q, ctx, g = f[..., :C], f[..., C:2 * C].permute(0, 3, 1, 2), f[..., 2 * C:].permute(0, 3, 1, 2)
+    ctx, g = f[..., C:2 * C].permute(0, 3, 1, 2), f[..., 2 * C:].permute(0, 3, 1, 2)  # (q is f[..., :C])
     agg = 0
     levels = []
     for lvl, layer in enumerate(mod.focal_layers):

@@ -10,7 +10,11 @@ import torch.nn.functional as F
 
 from focalexp import create_model
 from focalexp.errors import ConfigError
-from focalexp.models.layers import DWConvMixer, FocalModulation, WindowAttention
+from focalexp.models import config as config_module
+from focalexp.models import mixers
+from focalexp.models.config import GATED_MIXERS, TOKEN_MIXERS, FocalNetConfig
+from focalexp.models.fastpath import Linear
+from focalexp.models.mixers import DWConvMixer, FocalModulation, TokenMixer, WindowAttention, register_mixer
 
 TINY = dict(embed_dim=16, depths=[1, 1, 2, 1], num_classes=10)
 
@@ -278,3 +282,80 @@ def test_official_and_timm_init():
     assert dw_off.std().item() > 0.1 and dw_tim.std().item() == pytest.approx(0.02, abs=0.004)
     assert off.stages[2].blocks[0].modulation.f.weight.std().item() == pytest.approx(0.02, abs=0.002)
     assert (off.stages[0].blocks[0].norm1.weight == 1).all()
+
+
+# ---------------------------------------------------------------------------- the token-mixer registry
+def test_registry_and_the_configs_choices_agree():
+    """config.py names the built-in mixers without torch; mixers.py registers one class under each."""
+    reg = mixers.registered_mixers()
+    assert set(TOKEN_MIXERS) <= set(reg)
+    assert set(reg) == set(config_module.token_mixer_choices())
+    assert set(GATED_MIXERS) <= set(config_module.gated_mixers())
+    for name, cls in reg.items():
+        assert issubclass(cls, TokenMixer), name
+    assert {n: reg[n].__name__ for n in TOKEN_MIXERS} == {
+        "focal_modulation": "FocalModulation", "pooling": "PoolingModulation", "dwconv": "DWConvMixer",
+        "window_attention": "WindowAttention"}
+
+
+@pytest.mark.parametrize("mixer", TOKEN_MIXERS)
+@pytest.mark.parametrize("postln", [False, True])
+def test_every_mixer_ends_in_the_shared_output_tail(mixer, postln):
+    kw = dict(head_dim=8) if mixer == "window_attention" else {}
+    m = create_model("focalnet_t_lrf", **TINY, token_mixer=mixer, use_postln_in_modulation=postln, drop_rate=0.1, **kw)
+    mod = m.stages[1].blocks[0].modulation
+    assert isinstance(mod, TokenMixer)
+    assert isinstance(mod.proj, Linear) and mod.proj_drop.p == 0.1
+    assert (mod.norm is not None) == postln
+    # the tail comes last: the parameter order (seeded init, optimizer state in checkpoints) is the old one
+    names = [n for n, _ in mod.named_parameters()]
+    assert names[-2:] == ["proj.weight", "proj.bias"]
+    if postln:
+        assert names[-4:-2] == ["norm.weight", "norm.bias"]
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """Register test mixers into copies of both registries (restored afterwards)."""
+    monkeypatch.setattr(mixers, "_MIXERS", dict(mixers._MIXERS))
+    monkeypatch.setattr(config_module, "_ADDED_MIXERS", dict(config_module._ADDED_MIXERS))
+
+
+def test_a_new_mixer_is_one_class_and_its_registration(scratch_registry):
+    with pytest.raises(ConfigError, match="token_mixer: unknown value 'token_mlp'"):
+        FocalNetConfig(token_mixer="token_mlp")
+
+    @register_mixer("token_mlp")
+    class TokenMLP(TokenMixer):
+        def __init__(self, dim, *, postln=False, proj_drop=0.0, eps=1e-5):
+            super().__init__(dim)
+            self.fc = Linear(dim, dim)
+            self.add_output(postln=postln, proj_drop=proj_drop, eps=eps)
+
+        @classmethod
+        def from_config(cls, cfg, stage, block):
+            return cls(cfg.stage_dims[stage], **cls.output_kwargs(cfg))
+
+        def mix(self, x):
+            return self.fc(x)
+
+    m = create_model("focalnet_t_lrf", **TINY, token_mixer="token_mlp", use_postln_in_modulation=True)
+    assert isinstance(m.stages[0].blocks[0].modulation, TokenMLP)
+    assert m(_x(2, 3, 64, 64)).shape == (2, 10)
+    # not gated: the gating knobs are refused for it, as for dwconv
+    with pytest.raises(ConfigError, match="gating: applies to token_mixer focal_modulation or pooling, not 'token_mlp'"):
+        FocalNetConfig(token_mixer="token_mlp", gating="sigmoid")
+
+
+def test_registration_mistakes_are_refused(scratch_registry):
+    with pytest.raises(ValueError, match="'dwconv' is already registered"):
+        register_mixer("dwconv")(type("Other", (TokenMixer,), {}))
+    with pytest.raises(TypeError, match="expected a TokenMixer subclass"):
+        register_mixer("plain")(torch.nn.Linear)
+    with pytest.raises(ValueError, match="built in with gated=True"):
+        register_mixer("focal_modulation", gated=False)(FocalModulation)
+    assert "plain" not in config_module.token_mixer_choices()
+    # re-running the same definition (a notebook cell) replaces it
+    first = register_mixer("again")(type("Again", (TokenMixer,), {"__module__": __name__}))
+    second = register_mixer("again")(type("Again", (TokenMixer,), {"__module__": __name__}))
+    assert mixers.mixer_class("again") is second is not first

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from focalexp.analysis.flops import count_params, measure_flops, model_for_counting, official_flops
+from focalexp.analysis.flops import config_flops, measure_flops, model_for_counting, official_flops
+from focalexp.analysis.presets_table import compare_presets, preset_counts, row_config
 from focalexp.models import FocalNet, get_preset, list_models, list_presets
 from focalexp.models.presets import aliases
 
@@ -20,12 +21,7 @@ RELEASED = [
 def _cfg(name: str, i: int):
     p = get_preset(name)
     row = p.rows[i]
-    cfg = p.config
-    if row.num_classes is not None:
-        cfg = cfg.replace(num_classes=row.num_classes)
-    if row.img_size != cfg.img_size:
-        cfg = cfg.replace(img_size=row.img_size)
-    return cfg, row
+    return row_config(p, row), row
 
 
 def test_all_released_variants_and_aliases_exist():
@@ -52,23 +48,31 @@ def test_every_preset_has_a_docstring_and_builds_on_meta():
 @pytest.mark.parametrize("name,i", ROWS, ids=[f"{n}-{i}" for n, i in ROWS])
 def test_params_and_official_flops(name, i):
     cfg, row = _cfg(name, i)
-    with torch.device("meta"):
-        n = count_params(FocalNet(cfg))
+    counts = preset_counts(cfg, fast=True)  # params on the meta device, official flops()
+    n = counts.params
     if row.params is not None:
         assert n == row.params
     if row.params_m is not None:
         assert round(n / 1e6, row.params_m_digits) == pytest.approx(row.params_m, abs=1e-9)
     if row.official_flops_g is not None:
         assert official_flops(cfg, row.img_size) / 1e9 == pytest.approx(row.official_flops_g, abs=0.01)
+        assert counts.official_gflops == official_flops(cfg, row.img_size) / 1e9
 
 
 GMAC_ROWS = [(n, i) for n, i in ROWS if get_preset(n).rows[i].gmacs is not None]
 
 
-@pytest.mark.parametrize("name,i", GMAC_ROWS, ids=[f"{n}-{i}" for n, i in GMAC_ROWS])
+def _big(name: str) -> bool:
+    """The large/xlarge/huge presets: fvcore traces them for 3-10 s each on a laptop CPU."""
+    cfg = get_preset(name).config
+    return cfg.embed_dim * max(cfg.depths) >= 192 * 18
+
+
+@pytest.mark.parametrize("name,i", [pytest.param(n, i, marks=[pytest.mark.slow] if _big(n) else [], id=f"{n}-{i}")
+                                    for n, i in GMAC_ROWS])
 def test_fvcore_gmacs(name, i):
     cfg, row = _cfg(name, i)
-    rep = measure_flops(model_for_counting(cfg), row.img_size, cross_check=False, config=cfg)
+    rep = config_flops(cfg, row.img_size, cross_check=False, cache=False)  # counted here, not read back
     decimals = len(repr(row.gmacs).split(".")[1])  # the reference's printed precision (<= 0.005 G)
     assert round(rep.gmacs, decimals) == row.gmacs
     assert rep.unsupported == {}
@@ -82,6 +86,7 @@ def test_paper_only_variants_counted_by_fvcore_differ_where_the_formula_is_blind
     over = measure_flops(model_for_counting(get_preset("focalnet_t_srf_overlap").config), 224, cross_check=False)
     assert official_flops(get_preset("focalnet_t_srf").config) == official_flops(get_preset("focalnet_t_srf_overlap").config)
     assert over.gmacs > plain.gmacs + 0.1
+    assert round(over.gmacs, 3) == 4.667  # what `focalexp models` prints for it (moved from the CLI tests)
 
 
 def test_flop_counter_cross_check_is_close():
@@ -90,6 +95,38 @@ def test_flop_counter_cross_check_is_close():
     # FlopCounterMode counts matmuls and convs only (no LayerNorm): a little below fvcore
     assert rep.flop_counter_gmacs == pytest.approx(4.475, abs=0.01)
     assert 0 < rep.gmacs - rep.flop_counter_gmacs < 0.03
+
+
+@pytest.mark.parametrize("knobs,size", [
+    ({}, 224),
+    ({"token_mixer": "window_attention"}, 160),  # 40/20/10/5 maps: padded windows, masks, shifts
+    ({"token_mixer": "pooling", "gating": "softmax"}, 96),
+    ({"token_mixer": "dwconv", "use_postln_in_modulation": True}, 96),
+])
+def test_config_flops_is_measure_flops_with_the_cross_check_on_the_meta_device(knobs, size):
+    """config_flops counts a model it builds itself and runs FlopCounterMode on a meta twin: same report."""
+    cfg = get_preset("focalnet_t_lrf").config.replace(**knobs)
+    ref = measure_flops(model_for_counting(cfg), size, name="x", config=cfg)
+    got = config_flops(cfg, size, name="x", cache=False)
+    assert got == ref
+    assert got.to_dict() == ref.to_dict() and list(got.by_operator) == list(ref.by_operator)
+
+
+def test_compare_presets_is_what_the_models_command_lists():
+    fast = {r["name"]: r for r in compare_presets(fast=True)}
+    assert list(fast) == list_models()
+    assert all(r["gmacs"] is None for r in fast.values())
+    t = fast["focalnet_t_srf"]
+    assert t["params"] == 28_427_116 and t["official_gflops"] == pytest.approx(4.413, abs=5e-4)
+    assert t["paper"] == {"source": get_preset("focalnet_t_srf").rows[0].source, "params": 28_427_116,
+                          "params_m": 28.4, "gflops": 4.4, "gmacs": 4.421}
+    assert t["aliases"] == ["focalnet_tiny_srf"] and t["timm_weights"] == "focalnet_tiny_srf.ms_in1k"
+    seen = []
+    (micro,) = compare_presets("toolkit", progress=lambda i, n, name: seen.append((i, n, name)), cache=False)
+    assert seen == [(1, 1, "focalnet_micro")]
+    rep = measure_flops(model_for_counting(get_preset("focalnet_micro").config), 32, cross_check=False)
+    assert micro["gmacs"] == rep.gmacs and micro["params"] == rep.params == fast["focalnet_micro"]["params"]
+    assert set(micro) == set(t)
 
 
 def test_receptive_fields_of_table_14():

@@ -1,7 +1,10 @@
 """Measurement and analysis: FLOPs, throughput and memory, maps of what the modulator looks at.
 
 - :mod:`.flops`: parameters and FLOPs (fvcore, the papers' convention, and cross-checks)
-- :mod:`.bench`: throughput and memory, models timed side by side
+- :mod:`.countcache`: the on-disk cache that keeps FLOP counts of configs between runs
+- :mod:`.presets_table`: every preset counted beside its published numbers (``focalexp models``)
+- :mod:`.bench`: ``focalexp bench``, models side by side; :mod:`.timing` (interleaved rounds, ratios) and
+  :mod:`.memory` (peak memory, and what each "peak memory" in focalexp means)
 - :mod:`.maps`: modulator, gate, context and kernel maps; effective receptive field; ViT/Swin attention
 - :mod:`.figures`: the paper's panel layout for any of those maps
 - :mod:`.images`: offline sample photographs and their preprocessing

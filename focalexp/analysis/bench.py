@@ -1,52 +1,35 @@
-"""Throughput and memory, measured side by side: interleaved rounds, one process, same input.
+"""``focalexp bench``: throughput, step time, peak memory, params and GMACs of models side by side.
 
-Conventions (timm's ``benchmark.py`` and the papers'): warm-up before timing, ``inference_mode`` for
-inference, CUDA synchronisation around every timed step on GPU, one fixed input tensor already on the
-device (no data loading), images/s = batch x steps / wall time of the round. Models are timed in
-alternating rounds (the order flips every round) so that drifts of the machine (thermal, other tenants)
-hit all of them alike; each result reports the median, min and max over rounds, and
-:func:`paired_ratio` compares two models round by round.
+:func:`run_bench` puts it together for any focalexp presets and timm models: resolve and validate
+everything first, build, count params and GMACs, time them interleaved per mode (:mod:`.timing`), measure
+each model's peak memory during its warm-up (:mod:`.memory`: ``peak_delta_mb``, the peak *above* what the
+process held before the warm-up, weights excluded; not the whole-process peak a run's ``result.json``
+reports as ``peak_memory_mb``), and return a :class:`BenchReport`.
 
-:func:`run_bench` (``focalexp bench``) puts it together for any focalexp presets and timm models: build,
-validate, count params and GMACs, time them interleaved per mode, and return a :class:`BenchReport`.
-
-Peak memory is measured during each model's warm-up, above what the process held just before it (so the
-weights are not in it; ``weights_mb`` has them): on CUDA the caching allocator's peak, on CPU the peak
-resident set size less file-backed pages (Linux: ``/proc/self/clear_refs`` resets the peak, ``VmHWM`` reads
-it, after ``gc.collect()`` and ``malloc_trim`` so that memory freed by the previous model is not reused unseen).
+The timing and memory names that used to live here (``BenchResult``, ``interleaved``, ``make_step``,
+``paired_ratio``, ``PeakMemory``, ``MEM_*``, ``rss_peak_available``) are re-exported.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
 import platform
-import statistics
-import sys
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..errors import ConfigError
+from .memory import MEM_CUDA, MEM_MEANING, MEM_NONE, MEM_RSS, MEM_SHORT, PeakMemory, rss_peak_available, sync
+from .timing import MODES, PRECISIONS, BenchResult, interleaved, make_step, paired_ratio
 
-MODES = ("infer", "train")
-PRECISIONS = ("fp32", "bf16", "fp16")
-
-MEM_CUDA = "cuda_allocator_peak"
-MEM_RSS = "cpu_rss_delta"
-MEM_NONE = "unavailable"
-MEM_MEANING = {
-    MEM_CUDA: "CUDA allocator peak during warm-up, above the memory allocated before it (weights excluded)",
-    MEM_RSS: "process peak RSS during warm-up minus RSS just before it, anonymous memory (library code paged in "
-             "is left out; Linux /proc; weights excluded; allocator reuse makes it approximate, +-20% run to run)",
-    MEM_NONE: "not measured (CPU without a writable /proc/self/clear_refs)",
-}
-MEM_SHORT = {MEM_CUDA: "CUDA alloc", MEM_RSS: "RSS delta", MEM_NONE: "n/a"}
+__all__ = [
+    "run_bench", "BenchReport", "DEFAULTS",
+    # re-exported from .timing and .memory
+    "MODES", "PRECISIONS", "BenchResult", "interleaved", "make_step", "paired_ratio",
+    "MEM_CUDA", "MEM_RSS", "MEM_NONE", "MEM_MEANING", "MEM_SHORT", "PeakMemory", "rss_peak_available",
+]
 
 # defaults per device type: CUDA follows the papers (batch 128) and timm (10 warm-up steps); a CPU step at
 # batch 128 and 224 px takes tens of seconds, so CPU defaults are small
@@ -54,225 +37,6 @@ DEFAULTS = {
     "cuda": {"batch_size": 128, "warmup": 10, "steps_per_round": 10},
     "cpu": {"batch_size": 16, "warmup": 2, "steps_per_round": 1},
 }
-
-
-@dataclass
-class BenchResult:
-    name: str
-    mode: str  # "infer" or "train"
-    batch_size: int
-    img_size: int
-    images_per_s: list[float] = field(default_factory=list)  # one value per round
-    seconds: list[float] = field(default_factory=list)  # wall time of each round
-    peak_mem_mb: float | None = None  # MB = 2**20 bytes, of the kind mem_kind says (see PeakMemory)
-    mem_kind: str | None = None  # MEM_CUDA, MEM_RSS or MEM_NONE
-    params: int | None = None  # trainable parameters
-    gmacs: float | None = None  # per image, fvcore (the papers' "FLOPs")
-    weights_mb: float | None = None  # parameters + buffers
-    ratio: float | None = None  # speed relative to the first model: median of round-by-round ratios
-    ratio_q1: float | None = None
-    ratio_q3: float | None = None
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.images_per_s)
-
-    @property
-    def step_ms(self) -> float:
-        return 1000.0 * self.batch_size / self.median
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d.update(median=self.median, min=min(self.images_per_s), max=max(self.images_per_s), step_ms=self.step_ms)
-        return d
-
-
-def paired_ratio(a: BenchResult, b: BenchResult) -> tuple[float, float, float]:
-    """Speed of ``a`` relative to ``b`` from rounds timed back to back: (median, lower, upper quartile).
-
-    Each round's ratio compares two measurements taken seconds apart, so slow drifts of the machine
-    cancel; the median over rounds is robust to the odd disturbed round.
-    """
-    r = sorted(tb / ta for ta, tb in zip(a.seconds, b.seconds))
-    q = lambda f: r[min(len(r) - 1, int(f * len(r)))]  # noqa: E731
-    return statistics.median(r), q(0.25), q(0.75)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-# ---------------------------------------------------------------------------- peak memory
-def _status_kb(key: str) -> int | None:
-    return _status(key).get(key)
-
-
-def _status(*keys: str) -> dict[str, int]:
-    """Fields of /proc/self/status in kB (those present)."""
-    out: dict[str, int] = {}
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                k, _, v = line.partition(":")
-                if k in keys:
-                    out[k] = int(v.split()[0])
-    except (OSError, ValueError, IndexError):
-        pass
-    return out
-
-
-def _anon_kb(s: dict[str, int], rss_key: str) -> int | None:
-    """Anonymous memory: ``rss_key`` (VmRSS or VmHWM) less file-backed and shared pages (the libraries'
-    code that a first call pages in); the whole of it on kernels without the split (< 4.5)."""
-    if rss_key not in s:
-        return None
-    return s[rss_key] - s.get("RssFile", 0) - s.get("RssShmem", 0)
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the process's peak RSS (VmHWM) to its current RSS (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _malloc_trim() -> None:
-    """Give memory freed to glibc back to the OS, so that the next RSS delta sees every page it touches."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
-_RSS_OK: bool | None = None
-
-
-def rss_peak_available() -> bool:
-    global _RSS_OK
-    if _RSS_OK is None:
-        _RSS_OK = _status_kb("VmHWM") is not None and _reset_peak_rss()
-    return _RSS_OK
-
-
-class PeakMemory:
-    """Peak memory of what runs between :meth:`start` and :meth:`stop`, above what was held at start (MB).
-
-    CUDA: the caching allocator's peak (``max_memory_allocated``). CPU: the process's peak RSS minus its
-    RSS at start, anonymous pages only (library code paged in by a first call is not the model's), or None
-    where ``/proc`` cannot do it (``kind`` says which).
-    """
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.kind = MEM_CUDA if device.type == "cuda" else (MEM_RSS if rss_peak_available() else MEM_NONE)
-        self._base = 0
-
-    def start(self) -> None:
-        gc.collect()
-        if self.kind == MEM_CUDA:
-            _sync(self.device)
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._base = torch.cuda.memory_allocated(self.device)
-        elif self.kind == MEM_RSS:
-            _malloc_trim()
-            _reset_peak_rss()
-            self._base = _anon_kb(_status("VmRSS", "RssFile", "RssShmem"), "VmRSS") or 0
-
-    def stop(self) -> float | None:
-        _sync(self.device)
-        if self.kind == MEM_CUDA:
-            return (torch.cuda.max_memory_allocated(self.device) - self._base) / 2**20
-        if self.kind == MEM_RSS:
-            # file-backed pages only grow during the warm-up: subtracting the final count leaves the anonymous peak
-            peak = _anon_kb(_status("VmHWM", "RssFile", "RssShmem"), "VmHWM")
-            return None if peak is None else max(0, peak - self._base) / 1024
-        return None
-
-
-# ---------------------------------------------------------------------------- timing
-def make_step(model: nn.Module, x: torch.Tensor, mode: str, *, precision: str = "fp32",
-              lr: float = 1e-4, num_classes: int | None = None) -> Callable[[], None]:
-    """A zero-argument function running one inference or one training step (fwd + bwd + AdamW).
-
-    ``num_classes`` (the width of the logits; found by a forward pass when not given) sets the targets.
-    """
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    autocast = (lambda: torch.autocast(x.device.type, dtype=dtype)) if dtype else contextlib.nullcontext
-    if mode == "infer":
-        model.eval()
-
-        def step() -> None:
-            with torch.inference_mode(), autocast():
-                model(x)
-
-        return step
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    if num_classes is None:
-        with torch.no_grad():
-            num_classes = model(x[:1]).shape[-1]
-    target = torch.arange(x.shape[0], device=x.device) % num_classes
-
-    def step() -> None:
-        with autocast():
-            loss = F.cross_entropy(model(x), target)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
-
-
-def interleaved(
-    steps: dict[str, Callable[[], None]],
-    *,
-    batch_size: int,
-    img_size: int,
-    mode: str,
-    device: torch.device,
-    warmup: int = 2,
-    rounds: int = 5,
-    steps_per_round: int = 3,
-    progress: Callable[[str], None] | None = None,
-) -> dict[str, BenchResult]:
-    """Time every step function in alternating rounds; returns one result per name.
-
-    Peak memory (:class:`PeakMemory`) is measured over each model's warm-up steps, one model at a time:
-    the CUDA allocator peak on GPU, the RSS delta on CPU (None without warm-up steps).
-    """
-    results = {n: BenchResult(n, mode, batch_size, img_size) for n in steps}
-    for name, fn in steps.items():  # warm-up (and peak memory) one model at a time
-        mem = PeakMemory(device)
-        mem.start()
-        for _ in range(warmup):
-            fn()
-        peak = mem.stop()
-        results[name].peak_mem_mb = peak if warmup > 0 else None
-        results[name].mem_kind = mem.kind
-    for r in range(rounds):
-        order = list(steps) if r % 2 == 0 else list(reversed(list(steps)))
-        for name in order:
-            fn = steps[name]
-            _sync(device)
-            t0 = time.perf_counter()
-            for _ in range(steps_per_round):
-                fn()
-            _sync(device)
-            dt = time.perf_counter() - t0
-            results[name].seconds.append(dt)
-            results[name].images_per_s.append(batch_size * steps_per_round / dt)
-        if progress:
-            progress(f"round {r + 1}/{rounds}")
-    return results
 
 
 # ---------------------------------------------------------------------------- focalexp bench
@@ -301,7 +65,7 @@ class BenchReport:
                 "model": r.name, "mode": r.mode, "batch_size": r.batch_size, "img_size": r.img_size,
                 "images_per_s": r.median, "images_per_s_min": min(r.images_per_s),
                 "images_per_s_max": max(r.images_per_s), "step_ms": r.step_ms,
-                "peak_mem_mb": r.peak_mem_mb, "mem_kind": r.mem_kind, "weights_mb": r.weights_mb,
+                "peak_delta_mb": r.peak_delta_mb, "mem_kind": r.mem_kind, "weights_mb": r.weights_mb,
                 "params": r.params, "gmacs": r.gmacs,
                 "ratio": r.ratio, "ratio_q1": r.ratio_q1, "ratio_q3": r.ratio_q3, "rounds": len(r.seconds),
                 **{k: self.env.get(k) for k in ("device", "device_name", "threads", "precision", "channels_last",
@@ -352,7 +116,7 @@ def _positive(name: str, value: int) -> int:
 
 def _resolve_specs(models: Sequence[Any], overrides: Mapping[str, Any] | None) -> list[Any]:
     """ModelSpecs with unique labels; ``overrides`` apply to every focalexp preset (not to timm models)."""
-    from .modelspec import ModelSpec, resolve_model_spec
+    from ..models.resolve import ModelSpec, resolve_model_spec
 
     if isinstance(models, (str, ModelSpec)):
         models = [models]
@@ -388,7 +152,7 @@ def _build(spec: Any, img_size: int, explicit_size: bool) -> nn.Module:
 
 
 def _in_chans(spec: Any) -> int:
-    return spec.config.in_chans if spec.config is not None else 3
+    return spec.in_chans
 
 
 def run_bench(
@@ -412,7 +176,7 @@ def run_bench(
 ) -> BenchReport:
     """Throughput, step time, peak memory, params, GMACs of ``models`` side by side, and ratios to the first.
 
-    ``models``: focalexp preset names/aliases, timm model names or :class:`~.modelspec.ModelSpec` s;
+    ``models``: focalexp preset names/aliases, timm model names or :class:`~focalexp.models.resolve.ModelSpec` s;
     ``overrides`` (FocalNetConfig fields) apply to every preset. ``img_size`` None: each model's native
     resolution. ``device`` None: CUDA when available. ``batch_size``, ``warmup``, ``steps_per_round`` None:
     :data:`DEFAULTS` for the device (batch 128 on CUDA, the papers'; 16 on CPU). ``precision`` bf16/fp16
@@ -420,8 +184,8 @@ def run_bench(
     sets torch's intra-op threads for the run. Everything is validated before any model is built; bad
     input raises :class:`~focalexp.errors.ConfigError` / ``UnknownNameError``.
     """
-    from .flops import PAPER_CONVENTION, count_params, measure_flops
-    from .modelspec import img_size_override
+    from .flops import PAPER_CONVENTION, config_flops, count_params, measure_flops
+    from ..models.resolve import img_size_override
 
     # ---- validate everything before building anything
     if mode not in (*MODES, "both"):
@@ -472,8 +236,11 @@ def run_bench(
             gmacs = None
             if flops:
                 try:
-                    gmacs = measure_flops(model, size, name=spec.label, cross_check=False, config=spec.config,
-                                          in_chans=_in_chans(spec)).gmacs
+                    if spec.config is not None:  # counted once per config (the count cache)
+                        gmacs = config_flops(spec.config, size, name=spec.label, cross_check=False).gmacs
+                    else:
+                        gmacs = measure_flops(model, size, name=spec.label, cross_check=False,
+                                              in_chans=_in_chans(spec)).gmacs
                 except Exception as err:  # noqa: BLE001 - a tracer failure costs the GMACs column, not the run
                     flops_errors[spec.label] = f"{type(err).__name__}: {str(err).strip()[:200]}"
             info[spec.label] = {
@@ -509,7 +276,7 @@ def run_bench(
                 for name, fn in steps.items():
                     say(f"{m}: compiling {name}")
                     fn()
-                _sync(dev)
+                sync(dev)
             res = interleaved(steps, batch_size=batch_size, img_size=sizes[0], mode=m, device=dev, warmup=warmup,
                               rounds=rounds, steps_per_round=steps_per_round, progress=lambda s, m=m: say(f"{m}: {s}"))
             for spec, _, size in built:

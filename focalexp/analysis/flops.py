@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 
 from ..models.config import FocalNetConfig
-from ..models.focalnet import FocalNet
+from ..models.focalnet import FocalNet, model_for_counting
 
 # fvcore's default handles, in its simplified op names (what the papers count)
 PAPER_OPS = {
@@ -125,19 +125,6 @@ class FlopsReport:
 def count_params(model: nn.Module) -> int:
     """Trainable parameters (the papers' and timm's ``param_count``)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def model_for_counting(cfg: FocalNetConfig) -> FocalNet:
-    """A FocalNet with zeroed weights, built without running its (slow, for 400 M params) init."""
-    from ..models.focalnet import skip_weight_init
-
-    with torch.device("meta"), skip_weight_init():
-        m = FocalNet(cfg)
-    m = m.to_empty(device="cpu")
-    with torch.no_grad():
-        for t in list(m.parameters()) + list(m.buffers()):
-            t.zero_()
-    return m.eval()
 
 
 def official_flops(cfg: FocalNetConfig, img_size: int | None = None, num_classes: int | None = None) -> int | None:
@@ -241,14 +228,7 @@ def measure_flops(
     by_operator = {k: v / 1e9 for k, v in sorted(total_ops.items(), key=lambda kv: -kv[1]) if v}
     not_counted = {k: v / 1e9 for k, v in sorted(total_ops.items(), key=lambda kv: -kv[1]) if k not in PAPER_OPS and v}
 
-    fc_gmacs = None
-    if cross_check:
-        from torch.utils.flop_counter import FlopCounterMode
-
-        with _quiet(), torch.no_grad(), FlopCounterMode(display=False) as fc:
-            model(x)
-        fc_gmacs = fc.get_total_flops() / 2 / 1e9
-
+    fc_gmacs = _flop_counter_gmacs(model, x) if cross_check else None
     cfg = config if config is not None else getattr(model, "config", None)
     off = official_flops(cfg, img_size) if isinstance(cfg, FocalNetConfig) else None
     return FlopsReport(
@@ -265,6 +245,110 @@ def measure_flops(
         not_counted=not_counted,
         unsupported=unsupported,
     )
+
+
+def _flop_counter_gmacs(model: nn.Module, x: torch.Tensor) -> float:
+    """The cross-check: ``FlopCounterMode``'s count of one forward (2 FLOPs per MAC), halved, in G."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with _quiet(), torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(x)
+    return fc.get_total_flops() / 2 / 1e9
+
+
+# ---------------------------------------------------------------------------- counts of a config, cached
+_REPORT_TYPES: dict[str, Any] = {
+    "img_size": int, "params": int, "gmacs": float, "gmacs_elementwise": float, "flop_counter_gmacs": (float, None),
+    "official_gflops": (float, None), "convention": str, "by_stage": float, "by_operator": float,
+    "by_module": float, "not_counted": float, "unsupported": int,
+}
+
+
+def _is(v: Any, t: Any) -> bool:
+    if isinstance(t, tuple):
+        return any(_is(v, x) for x in t)
+    if t is None:
+        return v is None
+    if t is float:  # JSON writes 4.0 as 4.0, but a count of 0 may come back as an int
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return isinstance(v, t) and not isinstance(v, bool)
+
+
+def _valid_report(d: Any) -> bool:
+    """A cached report as :meth:`FlopsReport.to_dict` writes it, less ``model``: every field, of its type."""
+    if not isinstance(d, dict) or set(d) != set(_REPORT_TYPES):
+        return False
+    for k, t in _REPORT_TYPES.items():
+        v = d[k]
+        if k.startswith("by_") or k in ("not_counted", "unsupported"):
+            if not isinstance(v, dict) or not all(isinstance(n, str) and _is(x, t) for n, x in v.items()):
+                return False
+        elif not _is(v, t):
+            return False
+    return d["params"] >= 0 and d["img_size"] >= 1
+
+
+def _report_from(d: dict[str, Any], name: str) -> FlopsReport:
+    floats = ("gmacs", "gmacs_elementwise", "flop_counter_gmacs", "official_gflops")
+    d = {k: (float(v) if k in floats and v is not None else v) for k, v in d.items()}
+    for k in ("by_stage", "by_operator", "by_module", "not_counted"):
+        d[k] = {n: float(x) for n, x in d[k].items()}
+    return FlopsReport(model=name or "FocalNet", **d)
+
+
+def config_flops(
+    cfg: FocalNetConfig,
+    img_size: int | None = None,
+    *,
+    name: str = "",
+    depth: int = 2,
+    cross_check: bool = True,
+    cache: bool = True,
+) -> FlopsReport:
+    """:func:`measure_flops` of the FocalNet that ``cfg`` builds (batch 1, ``cfg.in_chans`` channels, at
+    ``img_size`` or ``cfg.img_size``): the same report, from the on-disk count cache (:mod:`.countcache`)
+    when this code counted this config before.
+
+    On a miss the model is built without init (zero weights), counted by fvcore, and the cross-check runs
+    on a twin on the meta device (``FlopCounterMode`` counts shapes, so the figure is the same without the
+    arithmetic). ``cache=False`` neither reads nor writes the cache.
+    """
+    from . import countcache
+
+    size = cfg.img_size if img_size is None else img_size
+    key = {"config": cfg.to_dict(), "img_size": size, "depth": depth}
+    hit = countcache.lookup("flops", key, _valid_report) if cache else None
+    if hit is not None and (hit["flop_counter_gmacs"] is not None or not cross_check):
+        rep = _report_from(hit, name)
+        if not cross_check:
+            rep.flop_counter_gmacs = None
+        return rep
+    rep = measure_flops(model_for_counting(cfg), size, name=name, in_chans=cfg.in_chans, depth=depth,
+                        cross_check=False, config=cfg)
+    if cross_check:
+        from ..models.focalnet import skip_weight_init
+
+        with torch.device("meta"), skip_weight_init():
+            twin = FocalNet(cfg)
+        rep.flop_counter_gmacs = _flop_counter_gmacs(twin.eval(), torch.zeros(1, cfg.in_chans, size, size, device="meta"))
+    if cache:
+        countcache.store("flops", key, {k: v for k, v in rep.to_dict().items() if k != "model"})
+    return rep
+
+
+def config_flops_table(cfg: FocalNetConfig, img_size: int | None = None, depth: int = 3, *, cache: bool = True) -> str:
+    """:func:`flops_table` of the FocalNet that ``cfg`` builds, cached like :func:`config_flops`."""
+    from . import countcache
+
+    size = cfg.img_size if img_size is None else img_size
+    key = {"config": cfg.to_dict(), "img_size": size, "depth": depth, "table": True}
+    hit = countcache.lookup("flops_table", key, lambda v: isinstance(v, str)) if cache else None
+    if hit is not None:
+        return hit
+    table = flops_table(model_for_counting(cfg), size, depth=depth, in_chans=cfg.in_chans)
+    if cache:
+        countcache.store("flops_table", key, table)
+    return table
 
 
 def flops_table(model: nn.Module, img_size: int = 224, depth: int = 3, in_chans: int = 3) -> str:

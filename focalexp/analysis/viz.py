@@ -51,7 +51,7 @@ def build_focalnet(name: str | None, checkpoint: str | os.PathLike | None = None
                    overrides: Mapping[str, Any] | None = None) -> VizModel:
     """A focalexp preset (or the config stored in a focalexp checkpoint), or a timm model by name."""
     from ..models import create_model
-    from .modelspec import resolve_model_spec
+    from ..models.resolve import resolve_model_spec
 
     ckpt = _checkpoint_path(checkpoint)
     if name is None and ckpt is None:
@@ -74,12 +74,15 @@ def build_timm(spec: str, checkpoint: str | os.PathLike | None = None) -> VizMod
     """A timm model by name; ``NAME=PATH`` (or ``checkpoint``) loads local weights."""
     import timm
 
+    from ..errors import UnknownNameError
+    from ..models.resolve import timm_model_name
+
     name, _, path = spec.partition("=")
     ckpt = _checkpoint_path(path or checkpoint)
-    if not timm.is_model(name):
-        from .modelspec import unknown_model_message
-
-        raise ConfigError(f"model: {unknown_model_message(name)}")
+    try:
+        name = timm_model_name(name)
+    except UnknownNameError as e:
+        raise ConfigError(f"model: {e}") from None
     model = timm.create_model(name, pretrained=False)
     if ckpt is not None:
         from timm.models import clean_state_dict

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 from ..errors import ConfigError, did_you_mean
 
+# the built-in token mixers (their classes: focalexp.models.mixers, which registers each under its name)
 TOKEN_MIXERS = ("focal_modulation", "dwconv", "pooling", "window_attention")
 GATINGS = ("linear", "none", "sigmoid", "softmax")
 MODULATIONS = ("multiply", "add")
@@ -29,6 +30,31 @@ INITS = ("official", "timm")
 # token mixers that aggregate gated focal levels (the knobs gating/modulation/aggregation/
 # global_context apply to them only)
 GATED_MIXERS = ("focal_modulation", "pooling")
+
+# token mixers registered beyond the built-in ones (focalexp.models.mixers.register_mixer): name -> gated
+_ADDED_MIXERS: dict[str, bool] = {}
+
+
+def add_token_mixer(name: str, *, gated: bool) -> None:
+    """Make ``token_mixer: name`` a valid value; called by ``focalexp.models.mixers.register_mixer``
+    (this module stays importable without torch, so the names live here and the classes there)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"token mixer name: expected a non-empty string, got {name!r}")
+    if name in TOKEN_MIXERS:
+        if gated != (name in GATED_MIXERS):
+            raise ValueError(f"token mixer '{name}' is built in with gated={name in GATED_MIXERS}")
+        return
+    _ADDED_MIXERS[name] = gated
+
+
+def token_mixer_choices() -> tuple[str, ...]:
+    """Every valid ``token_mixer``: the built-in ones, then those registered since."""
+    return TOKEN_MIXERS + tuple(_ADDED_MIXERS)
+
+
+def gated_mixers() -> tuple[str, ...]:
+    """The token mixers the gating knobs (gating, modulation, aggregation, global_context) apply to."""
+    return GATED_MIXERS + tuple(n for n, gated in _ADDED_MIXERS.items() if gated)
 
 
 def _help(text: str, **kw: Any) -> Any:
@@ -131,7 +157,7 @@ class FocalNetConfig:
             ("gating", GATINGS),
             ("modulation", MODULATIONS),
             ("aggregation", AGGREGATIONS),
-            ("token_mixer", TOKEN_MIXERS),
+            ("token_mixer", token_mixer_choices()),
             ("init", INITS),
         ):
             v = getattr(self, k)
@@ -191,16 +217,17 @@ class FocalNetConfig:
                         f"head_dim: stage {i} has {dim} channels, not a multiple of head_dim={self.head_dim}"
                     )
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        if mixer not in GATED_MIXERS:
+        gated = gated_mixers()
+        if mixer not in gated:
             for k in ("gating", "modulation", "aggregation", "global_context"):
                 if getattr(self, k) != defaults[k]:
                     raise ConfigError(
-                        f"{k}: applies to token_mixer {' or '.join(GATED_MIXERS)}, not '{mixer}' "
+                        f"{k}: applies to token_mixer {' or '.join(gated)}, not '{mixer}' "
                         f"(leave {k} at '{defaults[k]}')"
                     )
         if mixer == "dwconv" and min(self.focal_levels) < 1:
             raise ConfigError("focal_levels: token_mixer 'dwconv' stacks the focal levels' convolutions and needs >= 1 level")
-        if mixer in GATED_MIXERS:
+        if mixer in gated:
             for i in range(self.num_stages):
                 lv = self.focal_levels[i]
                 if lv == 0 and not self.global_context:

@@ -14,16 +14,10 @@ from timm.layers import trunc_normal_
 
 from ..errors import ConfigError
 from .config import FocalNetConfig
-from .layers import (
-    ChannelLinear,
-    DWConvMixer,
-    FocalModulation,
-    FocalNetBlock,
-    PatchEmbed,
-    WindowAttention,
-    to_nchw,
-    to_nhwc,
-)
+from .fastpath import ChannelLinear
+from .layers import FocalNetBlock, PatchEmbed
+from .layout import to_nchw, to_nhwc
+from .mixers import build_mixer
 
 
 _INIT = threading.local()
@@ -57,25 +51,16 @@ def check_buildable(cfg: FocalNetConfig) -> None:
     _BUILDABLE[key] = None
 
 
-def build_mixer(cfg: FocalNetConfig, stage: int, block: int) -> nn.Module:
-    """The token mixer of block ``block`` of stage ``stage``, as the config asks."""
-    dim = cfg.stage_dims[stage]
-    common = dict(postln=cfg.use_postln_in_modulation, proj_drop=cfg.drop_rate, eps=cfg.norm_eps)
-    if cfg.token_mixer == "window_attention":
-        return WindowAttention(dim, cfg.num_heads(stage), cfg.window_size, shifted=block % 2 == 1, **common)
-    if cfg.token_mixer == "dwconv":
-        return DWConvMixer(dim, cfg.stage_kernels(stage), **common)
-    return FocalModulation(
-        dim,
-        cfg.stage_kernels(stage),
-        gating=cfg.gating,
-        modulation=cfg.modulation,
-        aggregation=cfg.aggregation,
-        global_context=cfg.global_context,
-        context_op="avgpool" if cfg.token_mixer == "pooling" else "dwconv",
-        normalize_modulator=cfg.normalize_modulator,
-        **common,
-    )
+def model_for_counting(cfg: FocalNetConfig) -> "FocalNet":
+    """A FocalNet with zeroed weights on the CPU, in eval mode, built without running its (slow, for 400 M
+    params) init: for counting FLOPs and activations, where the values mean nothing."""
+    with torch.device("meta"), skip_weight_init():
+        m = FocalNet(cfg)
+    m = m.to_empty(device="cpu")
+    with torch.no_grad():
+        for t in list(m.parameters()) + list(m.buffers()):
+            t.zero_()
+    return m.eval()
 
 
 class FocalNetStage(nn.Module):
@@ -106,7 +91,7 @@ class FocalNet(nn.Module):
     Parameter names: ``stem``, ``stages.{i}.downsample``, ``stages.{i}.blocks.{j}.{norm1, modulation,
     ls1, norm2, mlp, ls2}``, ``norm``, ``head``. Official and timm checkpoints convert to them
     (:mod:`focalexp.models.checkpoint`). The model keeps no analysis state: read gates, contexts and
-    the modulator with forward hooks (see :mod:`focalexp.models.layers`).
+    the modulator with forward hooks (see :mod:`focalexp.models.mixers`).
     """
 
     def __init__(self, config: FocalNetConfig | None = None):

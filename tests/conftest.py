@@ -8,7 +8,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-import focalexp.models  # noqa: F401 - eagerly, with the timm registration, before any in-process CLI call
+import importlib
+
+importlib.import_module("focalexp.models")  # eagerly, with the timm registration, before any in-process CLI call
 
 
 def make_image_folder(root: Path, n_train: int = 12, n_val: int = 6, size: int = 40) -> Path:

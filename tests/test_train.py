@@ -147,7 +147,7 @@ def test_submitit_preemption_requeues_and_resumes(tmp_path):
 
     raw = tiny_run(data={"train_size": 2048}, train={"epochs": 2, "checkpoint_every_steps": 4})
     cfg = resolve_run_config(raw)
-    ref = train(cfg, tmp_path / "ref")
+    train(cfg, tmp_path / "ref")
     ex = submitit.AutoExecutor(folder=tmp_path / "logs", cluster="local")
     ex.update_parameters(timeout_min=10)
     out = tmp_path / "job"

@@ -25,6 +25,7 @@ EXAMPLES = {
     "status": "focalexp status sweeps/focal_levels\n  focalexp status sweeps/focal_levels --json",
     "collect": "focalexp collect sweeps/focal_levels\n  focalexp collect sweeps/focal_levels --format csv",
     "report": "focalexp report sweeps/focal_levels",
+    "cancel": "focalexp cancel sweeps/focal_levels\n  focalexp cancel sweeps/focal_levels --run 3f2a9c41d0be --run 77e1b2c3d4f5",
     "models": "focalexp models\n  focalexp models --kind paper --json",
     "viz": "focalexp viz --model focalnet_t_srf --checkpoint focalnet_tiny_srf.pth --what modulator --out mod.png\n"
     "  focalexp viz --checkpoint runs/demo/best.pth --what gates --img-size 64 --out gates.pdf\n"
@@ -504,6 +505,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from .sweep import cancel
+
+    out = cancel(args.dir, args.run)
+    left = ", ".join(f"{len(v)} {k}" for k, v in out.skipped.items())
+    print(f"cancelled {len(out.cancelled)} run(s)" + (f": {' '.join(out.cancelled)}" if out.cancelled else "")
+          + (f"; left alone: {left}" if left else "")
+          + (f"; no job left to stop (ended meanwhile?): {' '.join(out.missed)}" if out.missed else ""))
+    return 0
+
+
 # ---------------------------------------------------------------------------- viz
 def cmd_viz(args: argparse.Namespace) -> int:
     from .analysis.viz import build_focalnet, check_request, render
@@ -587,7 +599,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="sweep spec YAML (name, base, grid, zip, exclude, seeds, task, launcher)")
     p.add_argument("--dir", help="sweep dir (default: sweeps/NAME)")
     p.add_argument("--dry-run", action="store_true", help="validate, print the runs and the compute; write nothing")
-    p.add_argument("--cluster", choices=["auto", "slurm", "local", "debug"], help="override launcher.cluster")
+    from .sweep.backends import AUTO, backend_names, cluster_help
+
+    p.add_argument("--cluster", choices=[AUTO, *backend_names()], help=cluster_help())
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override the spec: base.train.epochs=1, grid.model.focal_levels=[0,4], seeds=[0,1], "
                         "launcher.partition=gpu (repeatable)")
@@ -611,6 +625,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="sweep dir")
     p.add_argument("--fig-format", action="append", choices=["png", "pdf", "svg"], default=None,
                    help="figure format (repeatable; default png)")
+    p = add("cancel", cmd_cancel, "Stop the queued and running jobs of a sweep: SLURM scancels them, local runs save "
+            "a checkpoint and stop (a local launcher still at work starts the runs it has not started yet; Ctrl-C "
+            "stops it). They then read 'cancelled'; `focalexp sweep SPEC --retry-failed` resubmits them.")
+    p.add_argument("dir", help="sweep dir")
+    p.add_argument("--run", action="append", metavar="RUN_ID", help="only this run (repeatable; default: every run)")
     p = add("viz", cmd_viz, "Figures of what the model looks at: modulator, gates, contexts, kernels, ERF, vs Swin/ViT.")
     p.add_argument("--model", help="a focalexp preset (or a timm FocalNet / baseline name); optional with a "
                                    "focalexp --checkpoint, which carries its config")

@@ -144,6 +144,37 @@ def test_status_never_unpickles_a_hostile_result_pickle(tmp_path, run):
     assert all(not s.get("log_tail") for s in states.values())
 
 
+def test_cancel_signals_no_process_that_is_not_the_runs_job(tmp_path, run):
+    """jobs.jsonl and claim.json name pids; cancel signals one only if it is a submitit process of the run
+    (here: an unrelated process and the test's own), and gives SLURM's scancel plain job ids only."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from focalexp.sweep.backends.slurm import SlurmBackend
+    from focalexp.sweep.store import SweepDir
+
+    sw = tmp_path / "sw"
+    rid = "0123456789ab"
+    (sw / "runs" / rid).mkdir(parents=True)
+    (sw / "sweep.json").write_text(json.dumps({"name": "t", "axes": [], "task": "train", "cluster": "local",
+                                               "runs": [{"run_id": rid, "axes": {}, "seed": 0}]}))
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (sw / "jobs.jsonl").write_text(json.dumps({"event": "submitted", "run_id": rid, "job_id": str(other.pid),
+                                                   "cluster": "local", "pid": other.pid}) + "\n")
+        (sw / "runs" / rid / "claim.json").write_text(json.dumps({"job_id": str(other.pid), "pid": os.getpid(),
+                                                                  "host": socket.gethostname()}))
+        p = run("cancel", str(sw))
+        assert "cancelled 0 run(s)" in p.stdout and f"no job left to stop (ended meanwhile?): {rid}" in p.stdout
+        assert other.poll() is None and not (sw / "runs" / rid / "cancel.json").exists()
+    finally:
+        other.kill()
+        other.wait()
+    assert SlurmBackend().cancel(SweepDir(sw), {rid: {"job_id": "--user=root"}, "b": {"job_id": "1 2"}}) == []
+
+
 def test_resume_from_a_real_last_pth_still_works(tmp_path, run):
     """The checks before resuming (format, run id, keys) accept what the trainer writes."""
     args = ["train", "--set", "data.train_size=64", "--set", "data.val_size=32", "--set", "model.embed_dim=16",

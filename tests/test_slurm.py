@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from focalexp.sweep import collect, status
+from focalexp.sweep import cancel, collect, status
 
 from .conftest import tiny_run
 
@@ -119,15 +119,18 @@ def test_a_run_that_raises_and_a_cancelled_job_are_reported_without_hanging(tmp_
     sw = tmp_path / "sw"
     by_dev = {s.axes["train.device"]: s for s in status(sw)}
     long_job = by_dev["cpu"].job_id
-    # cancel the long run once it trains
+    # cancel the long run once it trains (focalexp cancel: scancel through the SLURM backend)
     wait_for(lambda: (sw / "runs" / by_dev["cpu"].run_id / "metrics.jsonl").exists(), 240)
-    subprocess.run(["scancel", long_job], check=True, timeout=30)
+    r = subprocess.run([sys.executable, "-m", "focalexp", "cancel", str(sw), "--run", by_dev["cpu"].run_id],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith(f"cancelled 1 run(s): {by_dev['cpu'].run_id}"), r.stdout + r.stderr
 
     def settled():
         st = {s.axes["train.device"]: s for s in status(sw)}
         return st if st["cuda"].state == "failed" and st["cpu"].state == "cancelled" else None
 
     st = wait_for(settled, 180)
+    assert sacct_states([long_job])[long_job].startswith("CANCELLED")
     assert "no GPU" in st["cuda"].reason and st["cuda"].scheduler_state == "FAILED"
     assert st["cuda"].log_tail  # the job's stderr tail comes with the failure
     t0 = time.time()
@@ -138,8 +141,7 @@ def test_a_run_that_raises_and_a_cancelled_job_are_reported_without_hanging(tmp_
     # --retry-failed resubmits both (and the cancelled one continues from its checkpoint)
     r = sweep_cli(tmp_path, spec, "--retry-failed", "--set", "base.train.epochs=30")
     assert "submitted 2 (slurm)" in r.stdout
-    for s in status(sw):
-        subprocess.run(["scancel", s.job_id], timeout=30)
+    assert by_dev["cpu"].run_id in cancel(sw).cancelled  # the resubmitted long run, queued or running
 
 
 def test_requeued_mid_training_resumes_to_the_same_result(tmp_path):

@@ -347,6 +347,83 @@ def test_a_live_claim_keeps_a_duplicate_job_out(tmp_path):
     assert ok and read_claim(rd)["pid"] == os.getpid()
 
 
+# ------------------------------------------------------------------ backends, cancel
+def test_a_registered_backend_is_a_choice_of_specs_and_the_cli(tmp_path, run, monkeypatch):
+    """A backend is one class plus its registration; the spec, --cluster and status read the registry."""
+    from focalexp.sweep import backends
+    from focalexp.sweep.backends.debug import DebugBackend
+
+    monkeypatch.setattr(backends, "_REGISTRY", dict(backends._REGISTRY))
+
+    @backends.register_backend
+    class Inline(DebugBackend):
+        name = "inline"
+        description = "a newcomer's backend (the debug one, renamed)"
+
+    assert backends.backend_names()[-1] == "inline"
+    helptext = " ".join(run("sweep", "--help").stdout.split())
+    assert "inline: a newcomer's backend" in helptext and "auto (default): slurm when srun is on PATH, else local" \
+        in helptext
+    spec = tiny_spec()
+    spec["base"]["train"]["epochs"] = 1
+    spec["launcher"]["cluster"] = "inline"
+    out = launch(parse_spec(spec), tmp_path / "sw")
+    assert out.cluster == "inline" and len(out.submitted) == 2
+    assert counts(status(tmp_path / "sw")) == {"done": 2}
+    events = [json.loads(x) for x in (tmp_path / "sw" / "jobs.jsonl").read_text().splitlines()]
+    assert {e["cluster"] for e in events} == {"inline"}
+    with pytest.raises(ConfigError, match=r"launcher.cluster: unknown value 'inlin' \(did you mean 'inline'\?\)"):
+        parse_spec({**spec, "launcher": {"cluster": "inlin"}})
+    # auto: slurm where srun is on PATH, else local; slurm named where it is not: one line
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert backends.resolve_backend("auto").name == "local"
+    with pytest.raises(ConfigError, match=r"'slurm' but srun is not on PATH here .*; use 'local' or 'auto'"):
+        backends.resolve_backend("slurm")
+
+
+def test_cancel_stops_local_runs_with_a_checkpoint(tmp_path, run):
+    """cancel() and `focalexp cancel` stop a local sweep's runs (the launcher still at work): each saves
+    last.pth and stops, reads cancelled, and the launcher ends with exit 1."""
+    from focalexp.sweep import cancel
+
+    spec = tiny_spec()
+    spec["base"]["train"]["epochs"] = 200
+    spec["launcher"]["array_parallelism"] = 2
+    p = write_spec(tmp_path, spec)
+    sw = tmp_path / "sw"
+    proc = subprocess.Popen([sys.executable, "-m", "focalexp", "sweep", str(p), "--dir", str(sw)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:  # both runs train
+            if len(list(sw.glob("runs/*/metrics.jsonl"))) == 2:
+                break
+            time.sleep(0.2)
+        first, second = sorted(d.name for d in (sw / "runs").iterdir())
+        out = cancel(sw, [first])
+        assert out.cancelled == [first] and not out.missed
+        deadline = time.time() + 120
+        while {s.run_id: s.state for s in status(sw)}[first] != "cancelled" and time.time() < deadline:
+            time.sleep(0.5)
+        assert {s.run_id: s.state for s in status(sw)} == {first: "cancelled", second: "running"}
+        r = run("cancel", str(sw))
+        assert r.stdout.strip() == f"cancelled 1 run(s): {second}; left alone: 1 cancelled"
+        stdout, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 1 and "submitted 2 (local)" in stdout
+    states = status(sw)
+    assert counts(states) == {"cancelled": 2}
+    for s in states:
+        rd = sw / "runs" / s.run_id
+        assert "cancelled (focalexp cancel)" in s.reason and (rd / "last.pth").exists()
+        assert json.loads((rd / "result.json").read_text())["status"] == "interrupted"
+    assert not (sw / "logs" / "%j").exists()  # submitit's folder template is no folder
+    assert run("cancel", str(sw)).stdout.strip() == "cancelled 0 run(s); left alone: 2 cancelled"
+
+
 # ------------------------------------------------------------------ measure task
 def test_measure_sweep_reports_params_gmacs_and_throughput(tmp_path):
     spec = tiny_spec(task="measure", grid={"model.focal_levels": [1, 3]},

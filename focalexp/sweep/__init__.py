@@ -1,9 +1,10 @@
-"""Sweeps: a YAML spec → validated runs (id = content hash) → submitit (SLURM arrays, local, debug)
-→ run dirs → status, collect (pandas), report (tables, figures).
+"""Sweeps: a YAML spec → validated runs (id = content hash) → a launcher backend (SLURM job arrays,
+local processes, in-process debug; :mod:`focalexp.sweep.backends`) → run dirs → status, cancel, collect
+(pandas), report (tables, figures).
 
 Python API::
 
-    from focalexp.sweep import load_spec, expand, launch, status, collect, report
+    from focalexp.sweep import load_spec, expand, launch, status, cancel, collect, report
     spec = load_spec("experiments/focal_levels.yaml")
     outcome = launch(spec, "sweeps/focal_levels")     # submits (SLURM) or runs (local)
     df = collect("sweeps/focal_levels")                # one row per run
@@ -11,19 +12,32 @@ Python API::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import ConfigError
+from .backends import backend_names, get_backend, register_backend, resolve_backend
 from .collect import collect, report, summarize
 from .follow import SETTLED, DryRun, dry_run, wait
 from .spec import Run, SweepSpec, axis_keys, expand, load_spec, parse_spec
 from .status import RunState, counts, run_states
 from .store import SweepDir
 
-__all__ = ["load_spec", "parse_spec", "expand", "launch", "status", "collect", "report", "summarize",
-           "estimate", "estimate_totals", "preflight", "dry_run", "DryRun", "wait", "SETTLED", "SweepSpec", "Run", "RunState", "SweepDir", "axis_keys", "counts", "LaunchOutcome"]
+if TYPE_CHECKING:
+    from .launcher import CancelOutcome, LaunchOutcome
+
+__all__ = ["load_spec", "parse_spec", "expand", "launch", "status", "cancel", "collect", "report", "summarize",
+           "estimate", "estimate_totals", "preflight", "dry_run", "DryRun", "wait", "SETTLED", "SweepSpec", "Run", "RunState", "SweepDir", "axis_keys",
+           "counts", "LaunchOutcome", "CancelOutcome", "register_backend", "get_backend", "backend_names"]
+
+
+def __getattr__(name: str) -> Any:
+    # the launcher (and submitit with it) loads on first use: the CLI reads the backend registry for --help
+    if name in ("LaunchOutcome", "CancelOutcome"):
+        from . import launcher
+
+        return getattr(launcher, name)
+    raise AttributeError(f"module 'focalexp.sweep' has no attribute '{name}'")
 
 
 def status(sweep_dir: str | Path) -> list[RunState]:
@@ -31,54 +45,46 @@ def status(sweep_dir: str | Path) -> list[RunState]:
     return run_states(SweepDir(sweep_dir))
 
 
-@dataclass
-class LaunchOutcome:
-    cluster: str
-    submitted: list[str] = field(default_factory=list)  # run ids
-    skipped: dict[str, list[str]] = field(default_factory=dict)  # state -> run ids
-    job_ids: list[str] = field(default_factory=list)
+def cancel(sweep_dir: str | Path, run_ids: list[str] | None = None) -> CancelOutcome:
+    """Stop the queued and running jobs of the sweep in ``sweep_dir`` (all, or those of ``run_ids``), each
+    through the backend that runs it (SLURM: scancel; local: SIGINT as Ctrl-C, a training run saves
+    last.pth and stops; debug: nothing runs outside its launcher). Their runs then read ``cancelled``;
+    ``launch(..., retry_failed=True)`` resubmits them, and a trained run continues from its checkpoint."""
+    from .launcher import cancel_runs
+
+    return cancel_runs(SweepDir(sweep_dir), run_ids)
 
 
 def preflight(spec: SweepSpec, sweep_dir: str | Path, *, allow_setup: bool = False) -> str:
     """Every check that needs no run: the sweep dir (a directory that is ours or new), the launcher's
-    request against the machines (cores, memory, GPUs, nodes, partition) and shell setup lines. Nothing
-    is written. Returns the cluster the sweep goes to."""
+    request against the machines of its backend (cores, memory, GPUs, nodes, partition) and shell setup
+    lines. Nothing is written. Returns the name of the backend the sweep goes to."""
     from ..fileio import output_dir
-    from .launcher import check_launcher, ensure_importable_on_nodes, resolve_cluster
 
-    which = resolve_cluster(spec.launcher)
+    backend = resolve_backend(spec.launcher.cluster)
     sweep = SweepDir(output_dir(sweep_dir, "--dir"))
     if sweep.path.is_dir() and sweep.manifest_path.exists():
         old = sweep.manifest()
         if old.get("name") != spec.name:
             raise ConfigError(f"--dir: '{sweep.path}' holds sweep '{old.get('name')}', not '{spec.name}'; "
                               "choose another dir")
-    check_launcher(spec.launcher, which, allow_setup=allow_setup)
-    ensure_importable_on_nodes(which)
-    return which
+    backend.check(spec.launcher, allow_setup=allow_setup)
+    return backend.name
 
 
 def launch(spec: SweepSpec, sweep_dir: str | Path, *, runs: list[Run] | None = None, cluster: str | None = None,
            retry_failed: bool = False, progress: Callable[[int, int], None] | None = None,
            allow_setup: bool = False) -> LaunchOutcome:
     """Submit the runs of ``spec`` that need it into ``sweep_dir`` (see :mod:`focalexp.sweep.launcher`).
-    ``allow_setup``: run the spec's ``launcher.setup`` shell lines (refused otherwise)."""
-    from .launcher import current_states, plan, submit_runs
+    ``cluster``: a backend name or ``auto`` (overrides ``spec.launcher.cluster``). ``allow_setup``: run the
+    spec's ``launcher.setup`` shell lines (refused otherwise)."""
+    from .launcher import launch_runs
 
     if cluster is not None:
         spec.launcher.cluster = cluster
-    which = preflight(spec, sweep_dir, allow_setup=allow_setup)
+    backend = get_backend(preflight(spec, sweep_dir, allow_setup=allow_setup))
     runs = runs if runs is not None else expand(spec)
-    sweep = SweepDir(sweep_dir)
-    with sweep.lock():
-        states = current_states(sweep)
-        p = plan(runs, states, retry_failed)
-        sweep.write_manifest(spec, runs, which)
-        out = LaunchOutcome(which, [r.run_id for r in p.submit], p.skip)
-        if p.submit:
-            jobs = submit_runs(spec, sweep, p.submit, which, progress)
-            out.job_ids = [str(j.job_id) for j in jobs]
-    return out
+    return launch_runs(spec, SweepDir(sweep_dir), runs, backend, retry_failed=retry_failed, progress=progress)
 
 
 def estimate(spec: SweepSpec, runs: list[Run]) -> list[dict[str, Any]]:

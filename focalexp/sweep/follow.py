@@ -41,14 +41,16 @@ def dry_run(spec: SweepSpec, sweep_dir: str | Path, runs: list[Run] | None = Non
     """Expand and validate ``spec`` (data on disk not required), estimate every run's compute, name the
     backend ``launcher.cluster`` resolves to, and read the states of the runs an existing sweep dir holds."""
     from . import estimate, estimate_totals
-    from .launcher import resolve_cluster
+    from .backends import auto_order, resolve_backend
     from .spec import expand
 
     runs = runs if runs is not None else expand(spec, check_data_present=False)
     rows = estimate(spec, runs)
-    backend = resolve_cluster(spec.launcher)
+    backend = resolve_backend(spec.launcher.cluster).name
     if spec.launcher.cluster == "auto":
-        reason = "auto: srun is on PATH" if backend == "slurm" else "auto: no SLURM client (srun) here"
+        skipped = [b for b in auto_order() if b.name != backend][:1]
+        reason = (f"auto: {backend} is the first available" + (f"; {skipped[0].name}: {skipped[0].unavailable}"
+                                                               if skipped and not skipped[0].available() else ""))
     else:
         reason = f"launcher.cluster: {spec.launcher.cluster}"
     sweep = SweepDir(sweep_dir)

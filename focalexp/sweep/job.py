@@ -5,7 +5,8 @@ typed config without validating it again (the spec's expansion did, once). A run
 dir is claimed before the task starts (``claim.json``, under a file lock): if a live job already holds
 it — a launcher killed between submitting and recording its jobs, then run again, submits a second
 copy — the newcomer leaves without touching anything, so every run is executed exactly once. A
-requeued job keeps its job id and so keeps its claim; a dead holder's claim is taken over.
+requeued job keeps its job id and so keeps its claim; a dead holder's claim is taken over. A job that
+``cancel.json`` names (written by ``focalexp cancel`` before it signals the job) does not start its task.
 """
 
 from __future__ import annotations
@@ -14,30 +15,24 @@ import contextlib
 import fcntl
 import json
 import os
+import signal
 import socket
-import subprocess
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
 import submitit
 
-def _job_id() -> str:
+from ..fileio import atomic_write_text
+
+
+def _job() -> tuple[str, str | None]:
+    """This job's id and backend (submitit's name for it: slurm, local, debug)."""
     try:
-        return str(submitit.JobEnvironment().job_id)
+        env = submitit.JobEnvironment()
     except RuntimeError:  # not inside a submitit job (tests, in-process use)
-        return f"pid{os.getpid()}"
-
-
-def _slurm_job_alive(job_id: str) -> bool | None:
-    """True/False from squeue; None when squeue cannot tell (no SLURM here)."""
-    try:
-        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if out.returncode != 0:
-        return False if "Invalid job id" in out.stderr else None
-    return bool(out.stdout.strip())
+        return f"pid{os.getpid()}", None
+    return str(env.job_id), env.cluster
 
 
 def pid_alive(pid: int) -> bool:
@@ -55,20 +50,31 @@ def pid_alive(pid: int) -> bool:
 
 
 def holder_alive(claim: Mapping[str, Any]) -> bool:
-    if claim.get("slurm"):
-        alive = _slurm_job_alive(str(claim["job_id"]))
+    """Whether the job holding a claim lives: its backend's scheduler says so where it can (SLURM's
+    squeue), else its pid on this host; a holder on another host that no scheduler knows is assumed alive."""
+    from .backends import find_backend
+
+    name = claim.get("backend") or ("slurm" if claim.get("slurm") else None)  # "slurm": claims before backends
+    backend = find_backend(name) if isinstance(name, str) else None
+    if backend is not None:
+        alive = backend.job_alive(str(claim.get("job_id")))
         if alive is not None:
             return alive
     if claim.get("host") == socket.gethostname():
-        return pid_alive(int(claim.get("pid", -1)))
+        try:
+            pid = int(claim.get("pid", 0))
+        except (TypeError, ValueError):
+            return False
+        return pid > 1 and pid_alive(pid)
     return True  # another host, no scheduler to ask: assume it lives
 
 
 def read_claim(run_dir: Path) -> dict | None:
     try:
-        return json.loads((run_dir / "claim.json").read_text())
-    except (OSError, ValueError):
+        claim = json.loads((run_dir / "claim.json").read_text())
+    except (OSError, ValueError, RecursionError):
         return None
+    return claim if isinstance(claim, dict) else None
 
 
 @contextlib.contextmanager
@@ -84,8 +90,8 @@ def _locked(path: Path):
 
 def claim_run(run_dir: Path) -> tuple[bool, dict | None]:
     """Claim ``run_dir`` for this job; returns (claimed, the live holder's claim if not)."""
-    me = {"job_id": _job_id(), "host": socket.gethostname(), "pid": os.getpid(), "time": time.time(),
-          "slurm": "SLURM_JOB_ID" in os.environ}
+    job_id, backend = _job()
+    me = {"job_id": job_id, "host": socket.gethostname(), "pid": os.getpid(), "time": time.time(), "backend": backend}
     with _locked(run_dir / ".claim.lock"):
         old = read_claim(run_dir)
         if old and old.get("job_id") != me["job_id"] and holder_alive(old):
@@ -94,6 +100,37 @@ def claim_run(run_dir: Path) -> tuple[bool, dict | None]:
         tmp.write_text(json.dumps(me))
         os.replace(tmp, run_dir / "claim.json")
     return True, None
+
+
+def request_cancel(run_dir: Path, job_id: str) -> None:
+    """Record in the run dir (``cancel.json``) that ``job_id`` is cancelled, before its processes are told:
+    the job does not start its task if it has not yet (and status reads the run as cancelled)."""
+    atomic_write_text(run_dir / "cancel.json", json.dumps({"job_id": str(job_id), "time": time.time()}))
+
+
+def cancelled_job(run_dir: Path) -> str | None:
+    """The job id that ``cancel.json`` names, if any (a user file: anything else reads as none)."""
+    try:
+        mark = json.loads((run_dir / "cancel.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return str(mark["job_id"]) if isinstance(mark, dict) and isinstance(mark.get("job_id"), (str, int)) else None
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """SIGINT raises KeyboardInterrupt here even where the launcher was started with SIGINT ignored (a
+    background job of a shell script): `focalexp cancel` stops a local task with it, as Ctrl-C would."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler) \
+            if signal.getsignal(signal.SIGINT) == signal.SIG_IGN else None
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 class RunJob(submitit.helpers.Checkpointable):
@@ -106,8 +143,12 @@ class RunJob(submitit.helpers.Checkpointable):
 
         out = Path(run_dir)
         out.mkdir(parents=True, exist_ok=True)
-        ok, holder = claim_run(out)
-        if not ok:
-            return {"status": "duplicate", "reason": f"job {holder['job_id']} holds this run"}
-        t = get_task(task)
-        return t.run(t.from_plain(config), str(out), dict(settings))
+        with _interruptible():
+            job_id, _ = _job()
+            if cancelled_job(out) == job_id:  # checked after SIGINT works: a cancel lands either way
+                return {"status": "cancelled", "reason": f"job {job_id} was cancelled before it started"}
+            ok, holder = claim_run(out)
+            if not ok:
+                return {"status": "duplicate", "reason": f"job {holder['job_id']} holds this run"}
+            t = get_task(task)
+            return t.run(t.from_plain(config), str(out), dict(settings))

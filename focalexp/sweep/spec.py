@@ -22,12 +22,27 @@ from ..configtools import opt as _f
 from ..errors import ConfigError, FocalexpError, did_you_mean
 from ..overrides import set_dotted
 
-CLUSTERS = ("auto", "slurm", "local", "debug")
+
+class _Clusters:
+    """``launcher.cluster``'s choices: ``auto`` and every backend in :mod:`focalexp.sweep.backends`'s
+    registry, read when a spec is checked (the registry names backends without importing them)."""
+
+    def __iter__(self) -> Iterator[str]:
+        from .backends import AUTO, backend_names
+
+        return iter([AUTO, *backend_names()])
+
+    def __contains__(self, value: object) -> bool:
+        return value in list(self)
+
+
+CLUSTERS = _Clusters()
 
 
 @dataclass
 class LauncherConfig:
-    cluster: str = _f("auto", "auto (slurm when srun is on PATH, else local), slurm, local, debug (in-process)",
+    cluster: str = _f("auto", "where the runs go: auto (slurm when srun is on PATH, else local) or a backend of "
+                      "focalexp.sweep.backends: slurm, local, debug (in-process), or one you registered",
                       choices=CLUSTERS)
     partition: Optional[str] = _f(None, "SLURM partition")
     account: Optional[str] = _f(None, "SLURM account")

@@ -1,0 +1,258 @@
+"""SLURM through submitit: job arrays (split at the cluster's MaxArraySize), submitted and left to the
+scheduler; the launcher returns at once.
+
+State: ``sacct`` once for every job of the sweep; where accounting is off or a job is too fresh for it,
+``squeue`` fills in. A job that neither knows and that left no result is reported as lost, never
+waited on. Cancel: one ``scancel`` for every job.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+from ...errors import ConfigError, FocalexpError, did_you_mean
+from .base import Backend, JobState
+
+DEFAULT_MAX_ARRAY = 1001
+
+_RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "STOPPED", "RESIZING", "SIGNALING", "STAGE_OUT"}
+_REQUEUED = {"REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED", "RESV_DEL_HOLD"}
+_FAILED = {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT"}
+_JOB_ID = re.compile(r"^\d+(_\d+)?$")  # what scancel is given: a job or an array task, nothing else
+
+
+def _run(cmd: list[str]) -> str | None:
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return p.stdout if p.returncode == 0 else None
+
+
+def expand_ids(token: str) -> list[str]:
+    """``12_[3-5,7%2]`` -> 12_3, 12_4, 12_5, 12_7 (submitit's parser of SLURM's job ids); others unchanged."""
+    from submitit.slurm.slurm import read_job_id
+
+    try:
+        parts = read_job_id(token)
+    except ValueError:  # "12_x": not an array task submitit knows; keep it as it is
+        return [token]
+    out: list[str] = []
+    for p in parts:
+        if len(p) == 1:
+            out.append(p[0])
+        elif len(p) == 2:
+            out.append(f"{p[0]}_{p[1]}")
+        else:
+            out.extend(f"{p[0]}_{i}" for i in range(int(p[1]), int(p[2]) + 1))
+    return out
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
+    """job id -> (STATE, reason or exit code); from sacct, then squeue for what sacct lacks.
+    None when neither command answers (no SLURM client here, controller down)."""
+    states: dict[str, tuple[str, str]] = {}
+    if not job_ids:
+        return states
+    bases = sorted({j.split("_")[0] for j in job_ids})
+    out = _run(["sacct", "-X", "-P", "-n", "-j", ",".join(bases), "--format", "JobID,State,ExitCode,Reason"])
+    for line in (out or "").splitlines():
+        parts = line.split("|")
+        if len(parts) < 4:
+            continue
+        jid, state, code, reason = parts[:4]
+        state = state.split()[0]  # "CANCELLED by 0" -> CANCELLED
+        for j in expand_ids(jid):
+            states[j] = (state, f"exit {code}" + (f", {reason}" if reason and reason != "None" else ""))
+    missing = [j for j in job_ids if j not in states]
+    if missing:
+        sq = _run(["squeue", "-h", "-r", "-o", "%i|%T|%r"])
+        if out is None and sq is None:
+            return None
+        for line in (sq or "").splitlines():
+            parts = line.split("|")
+            if len(parts) == 3:
+                for j in expand_ids(parts[0]):
+                    states.setdefault(j, (parts[1], parts[2]))
+    return states
+
+
+def _sinfo_nodes() -> list[dict[str, Any]] | None:
+    """Partitions and node sizes as SLURM reports them (None when sinfo cannot answer)."""
+    out = _run(["sinfo", "-h", "-N", "-o", "%N|%P|%m|%c"])
+    if out is None:
+        return None
+    nodes = []
+    for line in out.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) != 4:
+            continue
+        try:
+            nodes.append({"node": parts[0], "partition": parts[1].rstrip("*"), "mem_gb": int(parts[2]) / 1024,
+                          "cpus": int(parts[3])})
+        except ValueError:
+            continue
+    return nodes or None
+
+
+@functools.lru_cache(maxsize=1)
+def _installed_in_interpreter() -> bool:
+    """Whether this interpreter imports focalexp outside this checkout's directory (asked once per process:
+    ``preflight`` and ``launch`` both need it)."""
+    probe = subprocess.run([sys.executable, "-c", "import focalexp, sys; print(focalexp.__file__)"],
+                           capture_output=True, text=True, cwd="/", timeout=60)
+    return probe.returncode == 0
+
+
+def max_array_size(lc) -> int:
+    """Runs per job array: ``launcher.max_array_size``, else the cluster's MaxArraySize, else 1001."""
+    if lc.max_array_size:
+        return lc.max_array_size
+    for line in (_run(["scontrol", "show", "config"]) or "").splitlines():
+        if line.strip().startswith("MaxArraySize"):
+            try:
+                return int(line.split("=")[1])
+            except (IndexError, ValueError):
+                break
+    return DEFAULT_MAX_ARRAY
+
+
+class SlurmBackend(Backend):
+    name = "slurm"
+    description = "SLURM job arrays through sbatch (split at MaxArraySize), returning at once (see `focalexp status`)"
+    auto_rank = 20
+    requires = "srun is on PATH"
+    unavailable = "srun is not on PATH here (no SLURM client)"
+    submitit_cluster = "slurm"
+
+    def available(self) -> bool:
+        return shutil.which("srun") is not None
+
+    def check(self, launcher, *, allow_setup: bool = False) -> None:
+        """The partition, memory, CPUs and nodes asked for against what ``sinfo`` reports (nothing is
+        refused when sinfo does not answer), and focalexp installed for the nodes' interpreter."""
+        super().check(launcher, allow_setup=allow_setup)
+        lc = launcher
+        nodes = _sinfo_nodes()
+        if nodes is not None:
+            parts = sorted({n["partition"] for n in nodes})
+            if lc.partition is not None:
+                if lc.partition not in parts:
+                    raise ConfigError(f"launcher.partition: '{lc.partition}' is not a partition of this cluster"
+                                      f"{did_you_mean(lc.partition, parts)}; partitions: {', '.join(parts)}")
+                nodes = [n for n in nodes if n["partition"] == lc.partition]
+            where = f"partition '{lc.partition}'" if lc.partition else "this cluster"
+            mem = max(n["mem_gb"] for n in nodes)
+            if lc.mem_gb is not None and mem > 0 and lc.mem_gb > mem:
+                raise ConfigError(f"launcher.mem_gb: {lc.mem_gb:g} GB but the largest node of {where} has "
+                                  f"{mem:.1f} GB")
+            cpus = max(n["cpus"] for n in nodes)
+            if lc.cpus_per_task and lc.cpus_per_task * lc.tasks_per_node > cpus:
+                raise ConfigError(f"launcher.cpus_per_task: {lc.cpus_per_task} x {lc.tasks_per_node} task(s) but "
+                                  f"the largest node of {where} has {cpus} CPUs")
+            count = len({n["node"] for n in nodes})
+            if lc.nodes > count:
+                raise ConfigError(f"launcher.nodes: {lc.nodes} but {where} has {count} node(s)")
+        # jobs unpickle focalexp on the node with this interpreter: it must be installed, not just on sys.path
+        if not _installed_in_interpreter():
+            here = Path(__file__).resolve().parents[3]
+            raise FocalexpError(f"focalexp is not installed in {sys.executable} (jobs import it on the nodes); "
+                                f"run `pip install -e {here}`")
+
+    def executor_parameters(self, lc) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        if lc.mem_gb is not None:
+            params["mem_gb"] = lc.mem_gb
+        for k in ("partition", "account", "qos", "constraint"):
+            if getattr(lc, k):
+                params[f"slurm_{k}"] = getattr(lc, k)
+        params["slurm_signal_delay_s"] = lc.signal_delay_s
+        params["slurm_array_parallelism"] = lc.array_parallelism or 256
+        if lc.setup:
+            params["slurm_setup"] = list(lc.setup)
+        return params
+
+    def submit(self, submission, runs, progress=None) -> list[Any]:
+        """Job arrays of at most MaxArraySize runs; returns once sbatch accepted them."""
+        spec = submission.spec
+        ex = self.executor(spec, submission.sweep.logs / "%j", slurm_max_num_timeout=spec.launcher.max_num_timeout)
+        jobs: list[Any] = []
+        chunk = max_array_size(spec.launcher)
+        for i in range(0, len(runs), chunk):
+            jobs.extend(submission.send(ex, runs[i:i + chunk], array=True))
+        return jobs
+
+    def states(self, sweep, jobs, results) -> dict[str, JobState]:
+        sched = slurm_states([str(e["job_id"]) for e in jobs.values()])
+        if sched is None:
+            why = "the SLURM controller does not answer (sacct and squeue failed)"
+            return {rid: JobState("unknown", why) for rid in jobs}
+        return {rid: self._state(rid, ev, sched.get(str(ev["job_id"])), sweep, results.get(rid))
+                for rid, ev in jobs.items()}
+
+    def _state(self, run_id: str, job: Mapping[str, Any], sched: tuple[str, str] | None, sweep,
+               result: dict | None) -> JobState:
+        from ..job import holder_alive, read_claim
+        from ..status import submitit_error
+
+        job_id = str(job["job_id"])
+        rstat = (result or {}).get("status")
+        if sched is None:
+            claim = read_claim(sweep.run_dir(run_id))
+            if claim and holder_alive(claim):
+                return JobState("running")
+            err = submitit_error(job, sweep)
+            return JobState("failed", err or f"job {job_id} is gone without a result and the scheduler has no "
+                                             "record of it")
+        state, why = sched
+        if state == "PENDING":
+            return JobState("requeued" if rstat in ("running", "interrupted") else "queued", "", state)
+        if state in _REQUEUED:
+            return JobState("requeued", "", state)
+        if state in _RUNNING:
+            return JobState("running", "", state)
+        if state.startswith("CANCELLED"):
+            return JobState("cancelled", f"job {job_id} cancelled ({why})", state)
+        if state in _FAILED:
+            err = submitit_error(job, sweep)
+            return JobState("failed", f"{state} ({why})" + (f": {err}" if err else ""), state)
+        if state == "COMPLETED":
+            claim = read_claim(sweep.run_dir(run_id))
+            if claim and claim.get("job_id") != job_id and holder_alive(claim):
+                return JobState("running", "", state)  # this job was a duplicate; the holder is still at it
+            return JobState("stopped" if rstat in ("stopped", "interrupted") else "failed",
+                            (result or {}).get("reason", "") or f"job {job_id} completed without writing a result",
+                            state)
+        return JobState("failed", f"scheduler state {state} ({why})", state)
+
+    def job_alive(self, job_id: str) -> bool | None:
+        """True/False from squeue; None when squeue cannot tell (no SLURM here)."""
+        try:
+            out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True,
+                                 timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if out.returncode != 0:
+            return False if "Invalid job id" in out.stderr else None
+        return bool(out.stdout.strip())
+
+    def cancel(self, sweep, jobs) -> list[str]:
+        """One ``scancel`` for every job (ids from jobs.jsonl, a user file: only plain job ids are passed)."""
+        ids = {rid: str(e["job_id"]) for rid, e in jobs.items() if _JOB_ID.match(str(e["job_id"]))}
+        if not ids:
+            return []
+        try:
+            p = subprocess.run(["scancel", *sorted(set(ids.values()))], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise FocalexpError(f"scancel failed: {e}") from None
+        if p.returncode != 0 and not p.stderr.strip():
+            raise FocalexpError(f"scancel failed (exit {p.returncode})")
+        # scancel goes on past a job that already ended (and says so on stderr); the others are cancelled
+        ended = {j for j in ids.values() if re.search(rf"\b{re.escape(j)}\b", p.stderr)}
+        return [rid for rid, j in ids.items() if j not in ended]

@@ -50,6 +50,7 @@ TIMM_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset,timm_kw,ours_kw,size", TIMM_CASES, ids=[c[0] for c in TIMM_CASES])
 def test_timm_weights_give_equal_logits(tmp_path, preset, timm_kw, ours_kw, size):
     kw = dict(timm_kw)

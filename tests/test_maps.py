@@ -106,6 +106,7 @@ def test_modulator_map_is_the_norm_of_h_output(photos64):
     torch.testing.assert_close(got.global_context, glob.flatten(1).norm(dim=1), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_maps_of_timm_focalnet_match_ours_with_the_same_weights(photos64):
     ref = timm.create_model("focalnet_tiny_srf", num_classes=10).eval()
     ours = create_model("focalnet_t_srf", num_classes=10).eval()
@@ -223,6 +224,7 @@ def test_vit_cls_attention_matches_a_manual_softmax(photos64):
         maps.vit_attention_maps(vit, x, head_fusion="median")
 
 
+@pytest.mark.slow
 def test_swin_window_attention_of_a_query(photos64):
     swin = timm.create_model("swin_tiny_patch4_window7_224").eval()
     x = load_images(size=224).tensor[:1]

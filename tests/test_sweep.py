@@ -188,6 +188,7 @@ def local_sweep(tmp_path_factory):
     return tmp, p, r
 
 
+@pytest.mark.slow
 def test_local_sweep_runs_every_run_and_a_failure_takes_nothing_down(local_sweep):
     tmp, _, r = local_sweep
     assert r.returncode == 1, r.stdout + r.stderr  # one run failed
@@ -205,6 +206,7 @@ def test_local_sweep_runs_every_run_and_a_failure_takes_nothing_down(local_sweep
         assert len(lines) == 2 and (rd / "best.pth").exists()
 
 
+@pytest.mark.slow
 def test_status_command_reports_the_failure_and_exits_1(local_sweep):
     tmp, _, _ = local_sweep
     r = cli("status", str(tmp / "sw"))
@@ -214,6 +216,7 @@ def test_status_command_reports_the_failure_and_exits_1(local_sweep):
     assert sorted(x["state"] for x in js) == ["done", "done", "failed"]
 
 
+@pytest.mark.slow
 def test_what_a_newcomer_sees_of_a_local_sweep(local_sweep):
     """Off a terminal the launcher prints a line per finished run; each job log holds the run's epochs; the
     dry run of an existing sweep dir names the backend, each run's state and what a re-run would submit
@@ -227,7 +230,7 @@ def test_what_a_newcomer_sees_of_a_local_sweep(local_sweep):
     assert not (tmp / "sw" / "logs" / "%j").exists()
     d = cli("sweep", str(p), "--dir", str(tmp / "sw"), "--dry-run", cwd=tmp)
     assert d.returncode == 0, d.stderr
-    assert "-> local (launcher.cluster: local)" in d.stdout and "GPU-h" not in d.stdout
+    assert "-> local (launcher.cluster: local)" in d.stdout and "  GPU-h" not in d.stdout  # no GPU-h column
     assert "2 done, 1 failed; the sweep would submit 0" in d.stdout and "no GPU-hours" in d.stdout
     states = wait(tmp / "sw", poll_s=0.01, timeout_s=30)
     assert all(s.state in SETTLED for s in states)
@@ -239,6 +242,7 @@ def test_what_a_newcomer_sees_of_a_local_sweep(local_sweep):
         (tmp / "sw" / "report.aside").rename(tmp / "sw" / "report")
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_and_retry_failed_resubmits_only_the_failure(local_sweep):
     tmp, p, _ = local_sweep
     done_ids = [s.run_id for s in status(tmp / "sw") if s.state == "done"]
@@ -259,6 +263,7 @@ def test_rerun_skips_finished_and_retry_failed_resubmits_only_the_failure(local_
     assert sorted(per_run.values()) == [1, 1, 2]
 
 
+@pytest.mark.slow
 def test_collect_and_report(local_sweep):
     tmp, _, _ = local_sweep
     import pandas as pd
@@ -286,6 +291,7 @@ def test_collect_and_report(local_sweep):
 
 
 # ------------------------------------------------------------------ crash safety, lock, claims
+@pytest.mark.slow
 def test_launcher_killed_mid_sweep_rerun_completes_every_run_once(tmp_path):
     spec = tiny_spec(grid={"model.focal_levels": [1, 2, 3]})
     spec["base"]["train"]["epochs"] = 3
@@ -425,6 +431,7 @@ def test_cancel_stops_local_runs_with_a_checkpoint(tmp_path, run):
 
 
 # ------------------------------------------------------------------ measure task
+@pytest.mark.slow
 def test_measure_sweep_reports_params_gmacs_and_throughput(tmp_path):
     spec = tiny_spec(task="measure", grid={"model.focal_levels": [1, 3]},
                      measure={"batch_size": 4, "rounds": 2, "warmup": 1, "mode": "both"})

@@ -50,6 +50,7 @@ def _same_state(a: Path, b: Path) -> None:
     assert sa["scheduler"] == sb["scheduler"] and sa["global_step"] == sb["global_step"]
 
 
+@pytest.mark.slow
 def test_run_dir_holds_config_metrics_checkpoints_and_result(tmp_path):
     cfg = resolve_run_config(tiny_run())
     result = train(cfg, tmp_path / "run")
@@ -71,6 +72,7 @@ def test_run_dir_holds_config_metrics_checkpoints_and_result(tmp_path):
     assert not list(run.glob(".*tmp"))
 
 
+@pytest.mark.slow
 def test_exact_resume_with_the_full_recipe(tmp_path, image_folder):
     """Stopped after each epoch and resumed = uninterrupted, bit for bit: mixup/cutmix, label smoothing,
     RandAugment, random erasing, drop path, EMA, gradient clipping, warm-up + cosine."""
@@ -104,6 +106,7 @@ def _set_args(raw: dict) -> list[str]:
     return out
 
 
+@pytest.mark.slow
 def test_sigterm_mid_epoch_then_resume_is_exact(tmp_path):
     raw = tiny_run(data={"train_size": 1024}, train={"epochs": 2, "checkpoint_every_steps": 4})
     ref = train(resolve_run_config(raw), tmp_path / "ref")
@@ -139,6 +142,7 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+@pytest.mark.slow
 def test_submitit_preemption_requeues_and_resumes(tmp_path):
     """A real submitit job (local executor): USR2 -> last.pth saved -> requeued -> continues -> same result."""
     import submitit
@@ -169,6 +173,7 @@ def test_submitit_preemption_requeues_and_resumes(tmp_path):
     _same_state(tmp_path / "ref", out)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_at_the_same_global_batch(tmp_path):
     from focalexp.train.multiprocess import train_multiprocess
 
@@ -338,6 +343,7 @@ def test_speed_knobs_train(tmp_path, knobs):
     assert result["status"] == "done" and result["top1"] is not None
 
 
+@pytest.mark.slow
 def test_resume_flag_continues_from_a_given_checkpoint(tmp_path, capsys):
     raw = tiny_run(train={"epochs": 2, "stop_after_epochs": 1})
     train(resolve_run_config(raw), tmp_path / "a")

@@ -1,11 +1,12 @@
 """Every focalexp preset measured by the library, beside the paper's and README's numbers.
 
-    python analysis/paper_table.py --threads 1            # every preset: params + GMACs (fvcore), ~2 min on CPU
-    python analysis/paper_table.py --fast                 # params + the official flops() formula only (~30 s)
+    python analysis/paper_table.py --threads 1            # every preset: params + GMACs + flops() (seconds)
+    python analysis/paper_table.py --fast                 # params + the official flops() formula only
     python analysis/paper_table.py --models focalnet_t_srf,focalnet_t_lrf,focalnet_t_iso --throughput --threads 2
 
-fvcore counts are kept in focalexp's count cache (``focalexp.analysis.countcache``), so a second run reads
-them back in seconds; ``FOCALEXP_CACHE=0`` counts everything again.
+GMACs come from ``focalexp.analysis.presets_table.preset_counts``: fvcore's count, computed by the analytic
+counter that equals it (``focalexp.models.macs``), or traced by fvcore (and kept in the count cache) for a
+token mixer it does not model.
 
 One row per published reference of a preset (``Preset.rows``: a preset can have several, e.g. at 384 px or
 with another classifier head), one row for a preset without any (toolkit and new variants). Measured:
@@ -13,7 +14,7 @@ with another classifier head), one row for a preset without any (toolkit and new
 params
     trainable parameters, exact, of the architecture at that row's head.
 GMACs
-    fvcore in the papers' convention (``focalexp.analysis.flops.config_flops``: 1 multiply-add = 1;
+    fvcore's count in the papers' convention (``preset_counts``, see above: 1 multiply-add = 1;
     conv/linear/matmul MACs + 5/element per LayerNorm; element-wise ops not counted), batch 1, at the row's
     resolution and head. This is what timm's benchmark CSVs report. Skipped with ``--fast``.
 flops()

@@ -123,7 +123,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         ])
     print(_table(rows, ["model", "kind", "res", "params", "paper M", "GMACs", "ref GMACs", "flops()", "paper G"]))
     print(
-        "\nGMACs: fvcore, the papers' convention (1 multiply-add = 1; element-wise ops not counted); "
+        "\nGMACs: fvcore's count, the papers' convention (1 multiply-add = 1; element-wise ops not counted), "
+        "computed by the analytic counter that equals it (focalexp.models.macs); "
         "ref GMACs: timm / reference values; flops(): the official analytic formula; paper: as printed. "
         "Heads as the preset builds them (22K models: 21842 classes; the README's large counts use 1000)."
     )

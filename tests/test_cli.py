@@ -69,7 +69,7 @@ def test_models_table_counts_gmacs_and_says_how_far_it_is(run):
     (rec,) = compare_presets("toolkit")
     line = next(ln for ln in p.stdout.splitlines() if ln.startswith("focalnet_micro "))
     assert f"{rec['params']:,}" in line and f"{rec['gmacs']:.3f}" in line and rec["gmacs"] > 0
-    assert "GMACs: fvcore, the papers' convention" in p.stdout
+    assert "GMACs: fvcore's count, the papers' convention" in p.stdout
     assert p.stderr == "counting 1/1 focalnet_micro\n"
 
 

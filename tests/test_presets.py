@@ -99,7 +99,7 @@ def test_flop_counter_cross_check_is_close():
 
 @pytest.mark.parametrize("knobs,size", [
     ({}, 224),
-    ({"token_mixer": "window_attention"}, 160),  # 40/20/10/5 maps: padded windows, masks, shifts
+    ({"token_mixer": "window_attention"}, 96),  # 24/12/6/3 maps: padded windows, masks, shifts
     ({"token_mixer": "pooling", "gating": "softmax"}, 96),
     ({"token_mixer": "dwconv", "use_postln_in_modulation": True}, 96),
 ])
@@ -127,6 +127,46 @@ def test_compare_presets_is_what_the_models_command_lists():
     rep = measure_flops(model_for_counting(get_preset("focalnet_micro").config), 32, cross_check=False)
     assert micro["gmacs"] == rep.gmacs and micro["params"] == rep.params == fast["focalnet_micro"]["params"]
     assert set(micro) == set(t)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [pytest.param(p.name, id=p.name) for p in list_presets()])
+def test_the_models_table_prints_fvcores_gmacs_for_every_preset(name):
+    """`focalexp models` takes GMACs from the analytic counter: exactly fvcore's number, preset by preset."""
+    cfg = get_preset(name).config
+    counts = preset_counts(cfg)
+    rep = config_flops(cfg, cross_check=False, cache=False)
+    assert counts.gmacs == rep.gmacs and counts.params == rep.params
+
+
+def test_a_mixer_without_an_analytic_count_is_traced_by_fvcore(monkeypatch, tmp_path):
+    from focalexp.models import config as config_module
+    from focalexp.models import mixers
+    from focalexp.models.fastpath import Linear
+
+    monkeypatch.setattr(mixers, "_MIXERS", dict(mixers._MIXERS))
+    monkeypatch.setattr(config_module, "_ADDED_MIXERS", dict(config_module._ADDED_MIXERS))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("FOCALEXP_CACHE_DIR", raising=False)
+
+    @mixers.register_mixer("token_mlp_for_counting")
+    class TokenMLP(mixers.TokenMixer):
+        def __init__(self, dim):
+            super().__init__(dim)
+            self.fc = Linear(dim, dim)
+            self.add_output()
+
+        @classmethod
+        def from_config(cls, cfg, stage, block):
+            return cls(cfg.stage_dims[stage])
+
+        def mix(self, x):
+            return self.fc(x)
+
+    cfg = get_preset("focalnet_micro").config.replace(token_mixer="token_mlp_for_counting")
+    counts = preset_counts(cfg)
+    rep = measure_flops(model_for_counting(cfg), cfg.img_size, cross_check=False)
+    assert counts.gmacs == rep.gmacs > 0 and counts.params == rep.params and counts.official_gflops is None
 
 
 def test_receptive_fields_of_table_14():

@@ -20,10 +20,14 @@ be compared with each other:
 
 ``peak_memory_mb`` (a training or measure run's ``result.json``): what the whole process needed
     The high-water mark of the process since it started, everything included (weights, optimizer
-    state, activations, data-loader buffers of the main process, libraries): on CPU
-    ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (resident set, KiB on Linux, divided by 1024); on CUDA
-    ``torch.cuda.max_memory_allocated`` of the run's device since the process started (tensors only).
-    Data-loader worker processes are not in it; in a DDP run it is rank 0's. See :data:`PROCESS_PEAK_MEANING`.
+    state, activations, data-loader buffers of the main process, the interpreter and its libraries): on
+    CPU ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (resident set, KiB on Linux, divided by 1024); on
+    CUDA ``torch.cuda.max_memory_allocated`` of the run's device since the process started (tensors
+    only). Data-loader worker processes are not in it; in a DDP run it is the reporting rank's. Written by
+    ``focalexp.train.loop.process_peak_memory_mb``; see :data:`PROCESS_PEAK_MEANING`.
+
+The first is a difference over a few steps with the weights left out, the second an absolute maximum
+over a whole run with everything in: they answer different questions and are never compared.
 """
 
 from __future__ import annotations

@@ -359,7 +359,7 @@ def test_a_registered_backend_is_a_choice_of_specs_and_the_cli(tmp_path, run, mo
     from focalexp.sweep import backends
     from focalexp.sweep.backends.debug import DebugBackend
 
-    monkeypatch.setattr(backends, "_REGISTRY", dict(backends._REGISTRY))
+    monkeypatch.setattr(backends._BACKENDS, "registered", dict(backends._BACKENDS.registered))
 
     @backends.register_backend
     class Inline(DebugBackend):

@@ -27,10 +27,10 @@ point is the explicit act of trust.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from typing import Any, ClassVar, Mapping
 
 from ..errors import ConfigError, did_you_mean
+from ..plugins import Plugins
 
 ENTRY_POINT_GROUP = "focalexp.tasks"
 
@@ -90,61 +90,42 @@ class Task:
         return f"<task {self.name!r}: {type(self).__module__}.{type(self).__qualname__}>"
 
 
-_BUILTIN = {"train": "focalexp.tasks.train:TrainTask", "measure": "focalexp.tasks.measure:MeasureTask"}
-_REGISTRY: dict[str, Task] = {}
+def _check_name(name: str) -> None:
+    if not name or not name.replace("_", "").isalnum():
+        raise ValueError(f"task name {name!r}: letters, digits and '_' only")
+
+
+_TASKS: Plugins[Task] = Plugins(Task, ENTRY_POINT_GROUP, "task", {
+    "train": "focalexp.tasks.train:TrainTask", "measure": "focalexp.tasks.measure:MeasureTask"}, _check_name)
 
 
 def register_task(task: Task | type[Task]) -> Task:
     """Add ``task`` (an instance or a class) to the registry under ``task.name``; usable as a decorator
     on a class. Returns the registered instance."""
     inst = task() if isinstance(task, type) else task
-    if not isinstance(inst, Task):
-        raise TypeError(f"{inst!r} is not a focalexp.tasks.Task")
-    if not inst.name or not inst.name.replace("_", "").isalnum():
-        raise ValueError(f"task name {inst.name!r}: letters, digits and '_' only")
-    if inst.options is not None and not dataclasses.is_dataclass(inst.options):
+    if isinstance(inst, Task) and inst.options is not None and not dataclasses.is_dataclass(inst.options):
         raise TypeError(f"task {inst.name!r}: options must be a dataclass, got {inst.options!r}")
-    _REGISTRY[inst.name] = inst
+    inst = _TASKS.register(inst)
     return task if isinstance(task, type) else inst
-
-
-def _entry_points() -> dict[str, Any]:
-    from importlib.metadata import entry_points
-
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
 def task_names() -> list[str]:
     """Every task a spec may name: built in, registered, and installed through entry points."""
-    names = dict.fromkeys([*_BUILTIN, *_REGISTRY])
-    try:
-        names.update(dict.fromkeys(_entry_points()))
-    except Exception:  # noqa: BLE001 - a broken distribution's metadata must not hide the built-in tasks
-        pass
-    return list(names)
+    return _TASKS.names()
 
 
 def get_task(name: str) -> Task:
     """The task registered as ``name``; an unknown name is one line with the closest name."""
     if not isinstance(name, str):
         raise ConfigError(f"task: expected a task name, got {name!r}")
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    if name in _BUILTIN:
-        module, _, attr = _BUILTIN[name].partition(":")
-        return register_task(getattr(importlib.import_module(module), attr)())
     if ":" in name or "/" in name:
         raise ConfigError(f"task: {name!r} names code to import; a spec file may not (register the task with an "
                           f"entry point in group '{ENTRY_POINT_GROUP}', or register_task() in Python)")
-    eps = _entry_points()
-    if name in eps:
-        obj = eps[name].load()
-        inst = obj() if isinstance(obj, type) else obj
-        if not isinstance(inst, Task) or inst.name != name:
-            raise ConfigError(f"task: entry point '{name}' ({eps[name].value}) is not a focalexp Task named '{name}'")
-        return register_task(inst)
-    names = task_names()
-    raise ConfigError(f"task: unknown value '{name}'{did_you_mean(name, names)}; allowed: {', '.join(names)}")
+    found = _TASKS.find(name, register_task)
+    if found is None:
+        names = task_names()
+        raise ConfigError(f"task: unknown value '{name}'{did_you_mean(name, names)}; allowed: {', '.join(names)}")
+    return found
 
 
 __all__ = ["Task", "register_task", "get_task", "task_names", "ENTRY_POINT_GROUP"]

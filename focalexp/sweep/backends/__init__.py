@@ -20,70 +20,40 @@ As with tasks, a spec never names a module to import: installing a package is th
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from ...errors import ConfigError, did_you_mean
+from ...plugins import Plugins
 from .base import Backend, JobState
 
 ENTRY_POINT_GROUP = "focalexp.backends"
 AUTO = "auto"
 
-_BUILTIN = {"slurm": "focalexp.sweep.backends.slurm:SlurmBackend",
-            "local": "focalexp.sweep.backends.local:LocalBackend",
-            "debug": "focalexp.sweep.backends.debug:DebugBackend"}
-_REGISTRY: dict[str, Backend] = {}
+def _check_name(name: str) -> None:
+    if not name or not name.replace("_", "").replace("-", "").isalnum() or name == AUTO:
+        raise ValueError(f"backend name {name!r}: letters, digits, '-' and '_' only, and not '{AUTO}'")
+
+
+_BACKENDS: Plugins[Backend] = Plugins(Backend, ENTRY_POINT_GROUP, "launcher.cluster", {
+    "slurm": "focalexp.sweep.backends.slurm:SlurmBackend", "local": "focalexp.sweep.backends.local:LocalBackend",
+    "debug": "focalexp.sweep.backends.debug:DebugBackend"}, _check_name)
 
 
 def register_backend(backend: Backend | type[Backend]) -> Any:
     """Add ``backend`` (an instance or a class) to the registry under its ``name``; usable as a class
     decorator. Returns what it was given for a class, the instance otherwise."""
-    inst = backend() if isinstance(backend, type) else backend
-    if not isinstance(inst, Backend):
-        raise TypeError(f"{inst!r} is not a focalexp.sweep.backends.Backend")
-    if not inst.name or not inst.name.replace("_", "").replace("-", "").isalnum() or inst.name == AUTO:
-        raise ValueError(f"backend name {inst.name!r}: letters, digits, '-' and '_' only, and not '{AUTO}'")
-    _REGISTRY[inst.name] = inst
+    inst = _BACKENDS.register(backend)
     return backend if isinstance(backend, type) else inst
-
-
-def _entry_points() -> dict[str, Any]:
-    from importlib.metadata import entry_points
-
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
 def backend_names() -> list[str]:
     """Every backend a spec may name (besides ``auto``): built in, registered, installed through entry points."""
-    names = dict.fromkeys([*_BUILTIN, *_REGISTRY])
-    try:
-        names.update(dict.fromkeys(_entry_points()))
-    except Exception:  # noqa: BLE001 - a broken distribution's metadata must not hide the built-in backends
-        pass
-    return list(names)
+    return _BACKENDS.names()
 
 
 def find_backend(name: str) -> Backend | None:
     """The backend registered as ``name``, or None (no error: ``status`` reads names from jobs.jsonl)."""
-    if not isinstance(name, str):
-        return None
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    if name in _BUILTIN:
-        module, _, attr = _BUILTIN[name].partition(":")
-        return register_backend(getattr(importlib.import_module(module), attr)())
-    try:
-        eps = _entry_points()
-    except Exception:  # noqa: BLE001 - see backend_names
-        return None
-    if name in eps:
-        obj = eps[name].load()
-        inst = obj() if isinstance(obj, type) else obj
-        if not isinstance(inst, Backend) or inst.name != name:
-            raise ConfigError(f"launcher.cluster: entry point '{name}' ({eps[name].value}) is not a focalexp "
-                              f"Backend named '{name}'")
-        return register_backend(inst)
-    return None
+    return _BACKENDS.find(name) if isinstance(name, str) else None
 
 
 def get_backend(name: str) -> Backend:

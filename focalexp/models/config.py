@@ -57,6 +57,17 @@ def gated_mixers() -> tuple[str, ...]:
     return GATED_MIXERS + tuple(n for n, gated in _ADDED_MIXERS.items() if gated)
 
 
+def patch_embed_geometry(stride: int, overlap: bool) -> tuple[int, int]:
+    """``(kernel, padding)`` of a patch embedding of ``stride``: the overlapped one (``use_conv_embed``) is
+    k7 p2 for the stride-4 stem and k3 p1 for the stride-2 downsamples, else kernel = stride, no padding.
+    One definition for the module (:class:`~focalexp.models.layers.PatchEmbed`) and the MAC counter."""
+    if overlap and stride == 4:
+        return 7, 2
+    if overlap and stride == 2:
+        return 3, 1
+    return stride, 0
+
+
 def _help(text: str, **kw: Any) -> Any:
     return field(metadata={"help": text}, **kw)
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 from timm.layers import DropPath
 
+from .config import patch_embed_geometry
 from .fastpath import (
     FAST_MIN_ROWS,
     ChannelLinear,
@@ -113,12 +114,7 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, in_chs: int, out_chs: int, stride: int, overlap: bool = False, eps: float = 1e-5):
         super().__init__()
-        if overlap and stride == 4:
-            k, p = 7, 2
-        elif overlap and stride == 2:
-            k, p = 3, 1
-        else:
-            k, p = stride, 0
+        k, p = patch_embed_geometry(stride, overlap)
         self.stride = stride
         self.proj = nn.Conv2d(in_chs, out_chs, kernel_size=k, stride=stride, padding=p)
         self.norm = nn.LayerNorm(out_chs, eps=eps)

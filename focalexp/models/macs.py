@@ -35,7 +35,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
-from .config import FocalNetConfig
+from .config import FocalNetConfig, patch_embed_geometry
 
 __all__ = ["MacCount", "NotAnalytic", "count_macs", "gmacs"]
 
@@ -101,13 +101,7 @@ def _conv_out(n: int, k: int, s: int, p: int) -> int:
 
 
 def _patch_embed(t: _Tally, c_in: int, c_out: int, stride: int, overlap: bool, H: int, W: int) -> tuple[int, int]:
-    # mirrors layers.PatchEmbed: k7 s4 p2 / k3 s2 p1 when overlapped, else k = s, p = 0
-    if overlap and stride == 4:
-        k, p = 7, 2
-    elif overlap and stride == 2:
-        k, p = 3, 1
-    else:
-        k, p = stride, 0
+    k, p = patch_embed_geometry(stride, overlap)  # the same as layers.PatchEmbed's
     # the input is padded to the network stride, so every map is at least 1x1
     Ho, Wo = _conv_out(H, k, stride, p), _conv_out(W, k, stride, p)
     t.conv(c_in, c_out, k, Ho, Wo)

@@ -15,7 +15,8 @@ import pytest
 from focalexp.configtools import opt
 from focalexp.errors import ConfigError
 from focalexp.sweep import collect, dry_run, expand, launch, parse_spec, status
-from focalexp.tasks import Task, get_task, register_task, task_names
+from focalexp.tasks import get_task, register_task, task_names
+from focalexp.tasks.train import RunConfigTask
 from tests.conftest import tiny_run
 
 
@@ -24,26 +25,14 @@ class ScaleOptions:
     factor: float = opt(2.0, "what the lr is multiplied by", min=0.0)
 
 
-class ScaleTask(Task):
-    """A task a user could write: no training, one number per run from the run config."""
+class ScaleTask(RunConfigTask):
+    """A task a user could write over run configs: no training, one number per run."""
 
     name = "scale_lr"
     description = "lr x factor (a test task)"
     options = ScaleOptions
     seeded = False
-
-    def resolve(self, base, overrides, options, *, check_data_present=True):
-        from focalexp.train.config import resolve_run_config
-
-        return resolve_run_config(base, overrides, check_data_present=False)
-
-    def to_plain(self, config):
-        return config.to_dict()
-
-    def from_plain(self, plain):
-        from focalexp.train.config import RunConfig
-
-        return RunConfig.from_resolved(plain)
+    needs_data = False
 
     def run_id(self, config, options):
         from focalexp.configtools import content_hash

@@ -9,7 +9,8 @@ from typing import Any, Mapping, Optional
 
 from ..configtools import content_hash, opt, to_plain
 from ..errors import ConfigError
-from . import Task, register_task
+from . import register_task
+from .train import RunConfigTask
 
 
 @dataclass
@@ -22,24 +23,12 @@ class MeasureConfig:
 
 
 @register_task
-class MeasureTask(Task):
+class MeasureTask(RunConfigTask):
     name = "measure"
     description = "params, GMACs, throughput of each model (no training)"
     options = MeasureConfig
     seeded = False
-
-    def resolve(self, base, overrides, options, *, check_data_present=True):
-        from ..train.config import resolve_run_config
-
-        return resolve_run_config(base, overrides, check_data_present=False)
-
-    def to_plain(self, config) -> dict[str, Any]:
-        return config.to_dict()
-
-    def from_plain(self, plain):
-        from ..train.config import RunConfig
-
-        return RunConfig.from_resolved(plain)
+    needs_data = False
 
     def run_id(self, config, options) -> str:
         return content_hash({"task": "measure", "model": config.to_dict()["model"], "measure": to_plain(options)})

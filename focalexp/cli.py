@@ -339,9 +339,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         bar.refresh()
 
     if which == "local":
-        from .sweep.launcher import local_parallelism
+        from .sweep.backends.local import parallelism
 
-        print(f"sweep {spec.name}: {len(runs)} runs, local processes, {local_parallelism(spec.launcher)} at a time "
+        print(f"sweep {spec.name}: {len(runs)} runs, local processes, {parallelism(spec.launcher)} at a time "
               f"(logs in {sweep_dir}/logs; Ctrl-C stops them with a checkpoint, the same command continues)",
               file=sys.stderr, flush=True)
     try:
@@ -353,13 +353,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     skipped = ", ".join(f"{len(v)} {k}" for k, v in out.skipped.items())
     print(f"sweep {spec.name}: {len(runs)} runs; submitted {len(out.submitted)} ({out.cluster})"
           + (f"; left alone: {skipped}" if skipped else "") + f"; dir {sweep_dir}")
-    if out.cluster == "slurm" and out.job_ids:
+    from .sweep import get_backend
+
+    queued = get_backend(out.cluster).returns_at_once  # a scheduler runs them: follow only with --wait
+    if queued and out.job_ids:
         arrays = sorted({j.split("_")[0] for j in out.job_ids})
-        print(f"SLURM job(s) {', '.join(arrays)}; follow with `focalexp status {sweep_dir}`; when they end, "
-              f"`focalexp report {sweep_dir}` writes the tables and figures (or pass --wait)")
-    if out.cluster == "slurm" and args.wait:
+        print(f"{out.cluster.upper()} job(s) {', '.join(arrays)}; follow with `focalexp status {sweep_dir}`; when they "
+              f"end, `focalexp report {sweep_dir}` writes the tables and figures (or pass --wait)")
+    if queued and args.wait:
         _follow(sweep_dir)
-    if out.cluster != "slurm" or args.wait:
+    if not queued or args.wait:
         return _summarize_sweep(sweep_dir)
     return 0
 

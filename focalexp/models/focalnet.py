@@ -35,22 +35,6 @@ def skip_weight_init() -> Iterator[None]:
         _INIT.skip = before
 
 
-_BUILDABLE: dict[str, None] = {}
-
-
-def check_buildable(cfg: FocalNetConfig) -> None:
-    """Build ``cfg`` once on the meta device without init (what the config checks alone cannot see);
-    remembered per distinct config, so a sweep of 1,200 runs over 80 models builds 80."""
-    key = repr(cfg)
-    if key in _BUILDABLE:
-        return
-    with torch.device("meta"), skip_weight_init():
-        FocalNet(cfg)
-    if len(_BUILDABLE) > 10_000:
-        _BUILDABLE.clear()
-    _BUILDABLE[key] = None
-
-
 def model_for_counting(cfg: FocalNetConfig) -> "FocalNet":
     """A FocalNet with zeroed weights on the CPU, in eval mode, built without running its (slow, for 400 M
     params) init: for counting FLOPs and activations, where the values mean nothing."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..errors import ConfigError, did_you_mean
-from .backends import Backend, find_backend, get_backend, resolve_backend
+from .backends import Backend, find_backend, get_backend
 from .job import RunJob, request_cancel
 from .spec import LauncherConfig, Run, SweepSpec
 from .status import RunState, run_states
@@ -25,21 +25,10 @@ from .store import SweepDir
 ACTIVE = ("queued", "running", "requeued")  # states whose job a cancel stops
 
 
-def resolve_cluster(lc: LauncherConfig) -> str:
-    """The name of the backend ``lc.cluster`` resolves to (``auto``: slurm when available, else local)."""
-    return resolve_backend(lc.cluster).name
-
-
 def check_launcher(lc: LauncherConfig, cluster: str, *, allow_setup: bool = False) -> None:
     """Refuse, before anything is written or submitted, a request that no machine of ``cluster`` can meet,
     and shell lines (``launcher.setup``) that a spec file would run unless the caller allows them."""
     get_backend(cluster).check(lc, allow_setup=allow_setup)
-
-
-def local_parallelism(lc: LauncherConfig) -> int:
-    from .backends.local import parallelism
-
-    return parallelism(lc)
 
 
 def task_settings(spec: SweepSpec) -> dict[str, Any]:

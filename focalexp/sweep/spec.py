@@ -227,7 +227,7 @@ def axis_keys(spec: SweepSpec) -> list[str]:
     return keys
 
 
-MAX_RUNS = 10_000  # above this a sweep needs --yes (expanding validates every run: ~0.1 s each today)
+MAX_RUNS = 10_000  # above this a sweep needs --yes (every run is resolved and validated before submission)
 
 
 def count_runs(spec: SweepSpec, exact_up_to: int = 1_000_000) -> tuple[int, bool]:

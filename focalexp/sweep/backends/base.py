@@ -46,6 +46,9 @@ class Backend:
     requires: ClassVar[str] = ""
     unavailable: ClassVar[str] = "it cannot submit from here"  # why available() is False, for the error
     submitit_cluster: ClassVar[str | None] = None  # AutoExecutor's ``cluster`` for :meth:`executor`
+    # True: submit() returns once the jobs are queued (a scheduler runs them); False: it returns when
+    # every run ended, and ``focalexp sweep`` prints the report at once
+    returns_at_once: ClassVar[bool] = False
 
     # -- before anything is written
     def available(self) -> bool:

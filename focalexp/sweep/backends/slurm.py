@@ -127,6 +127,7 @@ class SlurmBackend(Backend):
     name = "slurm"
     description = "SLURM job arrays through sbatch (split at MaxArraySize), returning at once (see `focalexp status`)"
     auto_rank = 20
+    returns_at_once = True
     requires = "srun is on PATH"
     unavailable = "srun is not on PATH here (no SLURM client)"
     submitit_cluster = "slurm"

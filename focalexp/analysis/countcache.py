@@ -23,9 +23,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+from ..fileio import atomic_write_text
 
 _CODE_DIGEST: str | None = None
 MAX_ENTRY_BYTES = 1 << 20  # an entry larger than this is not ours
@@ -114,20 +115,9 @@ def store(namespace: str, key: dict[str, Any], value: Any) -> bool:
     if not enabled():
         return False
     full = _full_key(key)
-    tmp = None
     try:
-        path = _path(namespace, full)
-        path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps({"key": full, "value": value}, allow_nan=False)  # dict order kept: it is display order
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        atomic_write_text(_path(namespace, full), text)
         return True
     except (OSError, ValueError, TypeError):
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
         return False

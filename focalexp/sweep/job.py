@@ -12,7 +12,6 @@ requeued job keeps its job id and so keeps its claim; a dead holder's claim is t
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -23,7 +22,7 @@ from typing import Any, Mapping
 
 import submitit
 
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, file_lock
 
 
 def _job() -> tuple[str, str | None]:
@@ -77,28 +76,15 @@ def read_claim(run_dir: Path) -> dict | None:
     return claim if isinstance(claim, dict) else None
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def claim_run(run_dir: Path) -> tuple[bool, dict | None]:
     """Claim ``run_dir`` for this job; returns (claimed, the live holder's claim if not)."""
     job_id, backend = _job()
     me = {"job_id": job_id, "host": socket.gethostname(), "pid": os.getpid(), "time": time.time(), "backend": backend}
-    with _locked(run_dir / ".claim.lock"):
+    with file_lock(run_dir / ".claim.lock"):
         old = read_claim(run_dir)
         if old and old.get("job_id") != me["job_id"] and holder_alive(old):
             return False, old
-        tmp = run_dir / f".claim.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(me))
-        os.replace(tmp, run_dir / "claim.json")
+        atomic_write_text(run_dir / "claim.json", json.dumps(me))
     return True, None
 
 

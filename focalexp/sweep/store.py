@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -28,7 +27,7 @@ from typing import Any, Iterator
 import yaml
 
 from ..errors import FocalexpError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, file_lock
 from .spec import Run, SweepSpec, axis_keys
 
 
@@ -66,14 +65,14 @@ class SweepDir:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """One launcher per sweep dir; a second one fails at once, naming the holder."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        f = open(self.path / ".lock", "a+")
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = file_lock(self.path / ".lock", blocking=False)
+            f = held.__enter__()
         except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "?"
-            f.close()
+            try:
+                holder = (self.path / ".lock").read_text().strip() or "?"
+            except OSError:
+                holder = "?"
             raise SweepLocked(f"{self.path}: another launcher (pid {holder}) is working on this sweep dir; "
                               "wait for it or stop it") from None
         try:
@@ -85,8 +84,7 @@ class SweepDir:
         finally:
             f.seek(0)
             f.truncate()
-            fcntl.flock(f, fcntl.LOCK_UN)
-            f.close()
+            held.__exit__(None, None, None)
 
     # -- manifest
     def write_manifest(self, spec: SweepSpec, runs: list[Run], cluster: str) -> None:

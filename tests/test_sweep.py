@@ -291,6 +291,23 @@ def test_collect_and_report(local_sweep):
 
 
 # ------------------------------------------------------------------ crash safety, lock, claims
+def _wait_group_dead(pgid: int, timeout: float = 30) -> None:
+    """Until no process of group ``pgid`` is more than a zombie (read from /proc)."""
+    end = time.time() + timeout
+    while time.time() < end:
+        live = []
+        for d in Path("/proc").iterdir():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split() if d.name.isdigit() else []
+            except OSError:
+                continue
+            if fields and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                live.append(d.name)
+        if not live:
+            return
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
 def test_launcher_killed_mid_sweep_rerun_completes_every_run_once(tmp_path):
     spec = tiny_spec(grid={"model.focal_levels": [1, 2, 3]})
@@ -308,6 +325,7 @@ def test_launcher_killed_mid_sweep_rerun_completes_every_run_once(tmp_path):
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its local jobs die together, mid-run
     proc.wait()
+    _wait_group_dead(proc.pid)  # a killed training process takes a moment to exit; until then it runs
     assert (sw / "sweep.json").exists()
     before = {s.run_id: s.state for s in status(sw)}
     assert "done" not in before.values() or list(before.values()).count("done") < 3

@@ -136,7 +136,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
     from .analysis.flops import config_flops, config_flops_table, flops_table, measure_flops
     from .models.presets import get_preset
     from .models.resolve import img_size_override, resolve_model_spec
-    from .overrides import parse_set_args
+    from .config import parse_set_args
 
     if args.depth < 0:
         raise FocalexpError(f"--depth: expected >= 0, got {args.depth}")
@@ -213,7 +213,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- bench
 def cmd_bench(args: argparse.Namespace) -> int:
     from .analysis.bench import MEM_SHORT, run_bench
-    from .overrides import parse_set_args
+    from .config import parse_set_args
 
     progress = (lambda s: print(f"  {s}", file=sys.stderr, flush=True)) if sys.stderr.isatty() else None
     rep = run_bench(
@@ -267,7 +267,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .fileio import input_file
-    from .overrides import parse_set_args
+    from .config import parse_set_args
     from .train.config import check_nproc, load_run_config
 
     check_nproc(args.nproc)  # flags, files and the config are checked before torch is imported
@@ -311,7 +311,7 @@ def _axis_cell(v: Any) -> str:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .overrides import parse_set_args
+    from .config import parse_set_args
     from .sweep import axis_keys, dry_run, expand, launch, load_spec, preflight
     from .sweep.spec import MAX_RUNS, check_run_count
 
@@ -523,7 +523,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- viz
 def cmd_viz(args: argparse.Namespace) -> int:
     from .analysis.viz import build_focalnet, check_request, render
-    from .overrides import parse_set_args
+    from .config import parse_set_args
 
     out = check_request(args.what, args.out, args.levels)  # before building the model
     vm = build_focalnet(args.model, args.checkpoint, parse_set_args(args.set))

@@ -96,7 +96,7 @@ def run_ckpt(rel: str, mutate: Callable[[dict], None] | None = None) -> Callable
     def _setup(tmp: Path) -> None:
         from focalexp.train.config import resolve_run_config
 
-        from focalexp.overrides import parse_set_args
+        from focalexp.config import parse_set_args
 
         cfg = resolve_run_config({}, parse_set_args([TRAIN[i + 1] for i, a in enumerate(TRAIN) if a == "--set"]))
         st = {"format": "focalexp-run", "version": 1, "config": cfg.to_dict(), "run_id": cfg.run_id,

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from focalexp.configtools import parse_yaml
+from focalexp.config import parse_yaml
 from focalexp.errors import ConfigError
-from focalexp.overrides import parse_value
+from focalexp.config import parse_value
 
 from . import hostile
 from .conftest import tiny_run

@@ -10,8 +10,8 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "focalexp"
 
-# room -> the rooms it may import (besides itself and the shared base: errors, fileio, unpickle, configtools,
-# overrides, config, plugins)
+# room -> the rooms it may import (besides itself and the shared base: errors, fileio, unpickle, config,
+# plugins; configtools and overrides are deprecated aliases of config)
 ALLOWED = {
     "models": set(),
     "data": set(),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from focalexp.configtools import opt
+from focalexp.config import opt
 from focalexp.errors import ConfigError
 from focalexp.sweep import collect, dry_run, expand, launch, parse_spec, status
 from focalexp.tasks import get_task, register_task, task_names
@@ -35,7 +35,7 @@ class ScaleTask(RunConfigTask):
     needs_data = False
 
     def run_id(self, config, options):
-        from focalexp.configtools import content_hash
+        from focalexp.config import content_hash
 
         return content_hash({"task": self.name, "lr": config.train.lr, "factor": options.factor})
 
@@ -79,8 +79,11 @@ def test_a_registered_task_runs_through_a_sweep_with_its_own_options(tmp_path):
     spec = parse_spec(_spec("scale_lr", scale_lr={"factor": 10.0}))
     assert spec.task_options == ScaleOptions(10.0)
     assert spec.to_dict()["scale_lr"] == {"factor": 10.0}
-    with pytest.raises(ConfigError, match=r"unknown key 'scale_lr.factr' \(did you mean 'factor'\?\)"):
+    with pytest.raises(ConfigError, match=r"^unknown key 'scale_lr.factr' \(did you mean 'scale_lr.factor'\?\)$") as bad:
         parse_spec(_spec("scale_lr", scale_lr={"factr": 1.0}))
+    # where it happened is data: the full dotted key, the suggestion, and the section's own error beneath
+    assert (bad.value.key, bad.value.unknown, bad.value.suggestion) == ("scale_lr.factr", True, "scale_lr.factor")
+    assert bad.value.__cause__.key == "factr"
     with pytest.raises(ConfigError, match="a scale_lr sweep has nothing random to seed"):
         parse_spec(_spec("scale_lr", seeds=[0, 1]))
     with pytest.raises(ConfigError, match="measure: options of task 'measure', but the sweep's task is 'scale_lr'"):

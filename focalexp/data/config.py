@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..configtools import opt
+from ..config import opt
 from ..errors import ConfigError
 
 DATASETS = ("pathfinder", "imagefolder", "cifar10", "cifar100")
@@ -57,13 +57,13 @@ def num_classes_of(cfg: DataConfig) -> int:
 
 def resolve_root(cfg: DataConfig) -> Path:
     if not cfg.root:
-        raise ConfigError(f"data.root: dataset '{cfg.dataset}' needs a root directory")
+        raise ConfigError(f"dataset '{cfg.dataset}' needs a root directory", key="data.root")
     missing = [m for m in re.findall(r"\$\{?(\w+)\}?", cfg.root) if m not in os.environ]
     if missing:
-        raise ConfigError(f"data.root: environment variable ${missing[0]} is not set (in '{cfg.root}')")
+        raise ConfigError(f"environment variable ${missing[0]} is not set (in '{cfg.root}')", key="data.root")
     root = Path(os.path.expandvars(os.path.expanduser(cfg.root)))
     if not root.is_dir():
-        raise ConfigError(f"data.root: '{root}' is not a directory")
+        raise ConfigError(f"'{root}' is not a directory", key="data.root")
     return root
 
 
@@ -71,23 +71,23 @@ def _imagefolder_classes(root: Path) -> list[str]:
     tr, va = root / "train", root / "val"
     if not tr.is_dir() or not va.is_dir():
         raise ConfigError(
-            f"data.root: expected '{tr}' and '{va}' with one folder per class (ImageNet layout)"
+            f"expected '{tr}' and '{va}' with one folder per class (ImageNet layout)", key="data.root"
         )
     classes = sorted(d.name for d in tr.iterdir() if d.is_dir())
     val_classes = sorted(d.name for d in va.iterdir() if d.is_dir())
     if not classes:
-        raise ConfigError(f"data.root: '{tr}' has no class folders (ImageNet layout: train/<class>/<image>)")
+        raise ConfigError(f"'{tr}' has no class folders (ImageNet layout: train/<class>/<image>)", key="data.root")
     if classes != val_classes:
         extra = sorted(set(classes) ^ set(val_classes))[:3]
-        raise ConfigError(f"data.root: train/ and val/ have different class folders (e.g. {', '.join(extra)})")
+        raise ConfigError(f"train/ and val/ have different class folders (e.g. {', '.join(extra)})", key="data.root")
     if len(classes) < 2:
-        raise ConfigError(f"data.root: '{tr}' has one class folder ('{classes[0]}'); classification needs at "
-                          "least two (ImageNet layout: train/<class>/<image>)")
+        raise ConfigError(f"'{tr}' has one class folder ('{classes[0]}'); classification needs at "
+                          "least two (ImageNet layout: train/<class>/<image>)", key="data.root")
     for split in (tr, va):
         for c in classes:
             if not _has_image(split / c):
-                raise ConfigError(f"data.root: '{split / c}' has no images (files ending in "
-                                  f"{', '.join(IMAGE_SUFFIXES[:4])}, ...); every class folder needs one")
+                raise ConfigError(f"'{split / c}' has no images (files ending in "
+                                  f"{', '.join(IMAGE_SUFFIXES[:4])}, ...); every class folder needs one", key="data.root")
     return classes
 
 
@@ -112,7 +112,7 @@ def check_data(cfg: DataConfig, on_disk: bool = True) -> None:
         root = resolve_root(cfg)
         folder = "cifar-10-batches-py" if cfg.dataset == "cifar10" else "cifar-100-python"
         if not (root / folder).is_dir():
-            raise ConfigError(f"data.root: no {cfg.dataset} at '{root}' (expected '{root / folder}'; "
-                              "download the python version of the dataset there)")
+            raise ConfigError(f"no {cfg.dataset} at '{root}' (expected '{root / folder}'; "
+                              "download the python version of the dataset there)", key="data.root")
     if len(cfg.scale) != 2 or not 0 < cfg.scale[0] <= cfg.scale[1] <= 1:
-        raise ConfigError(f"data.scale: expected [min, max] with 0 < min <= max <= 1, got {cfg.scale}")
+        raise ConfigError(f"expected [min, max] with 0 < min <= max <= 1, got {cfg.scale}", key="data.scale")

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..errors import ConfigError, did_you_mean
+from ..errors import ConfigError, closest, did_you_mean
 
 # the built-in token mixers (their classes: focalexp.models.mixers, which registers each under its name)
 TOKEN_MIXERS = ("focal_modulation", "dwconv", "pooling", "window_attention")
@@ -134,11 +134,11 @@ class FocalNetConfig:
 
         depths = _int_tuple("depths", self.depths)
         if not depths or any(d < 1 for d in depths):
-            raise ConfigError(f"depths: expected a non-empty list of block counts >= 1, got {list(depths)}")
+            raise ConfigError(f"expected a non-empty list of block counts >= 1, got {list(depths)}", key="depths")
         set_("depths", depths)
         n = len(depths)
         if self.isotropic and n != 1:
-            raise ConfigError(f"isotropic: the isotropic layout has one stage, but depths={list(depths)} has {n}")
+            raise ConfigError(f"the isotropic layout has one stage, but depths={list(depths)} has {n}", key="isotropic")
 
         _positive("embed_dim", self.embed_dim)
         _positive("patch_size", self.patch_size)
@@ -147,21 +147,21 @@ class FocalNetConfig:
         _positive("window_size", self.window_size)
         _positive("head_dim", self.head_dim)
         if self.num_classes < 0:
-            raise ConfigError(f"num_classes: expected >= 0 (0 = no head), got {self.num_classes}")
+            raise ConfigError(f"expected >= 0 (0 = no head), got {self.num_classes}", key="num_classes")
         if not self.mlp_ratio > 0:
-            raise ConfigError(f"mlp_ratio: expected > 0, got {self.mlp_ratio}")
+            raise ConfigError(f"expected > 0, got {self.mlp_ratio}", key="mlp_ratio")
         for k in ("drop_rate", "drop_path_rate"):
             v = getattr(self, k)
             if not 0.0 <= v < 1.0:
-                raise ConfigError(f"{k}: expected a rate in [0, 1), got {v}")
+                raise ConfigError(f"expected a rate in [0, 1), got {v}", key=k)
         if not self.layerscale_value > 0:
-            raise ConfigError(f"layerscale_value: expected > 0, got {self.layerscale_value}")
+            raise ConfigError(f"expected > 0, got {self.layerscale_value}", key="layerscale_value")
         if not self.norm_eps > 0:
-            raise ConfigError(f"norm_eps: expected > 0, got {self.norm_eps}")
+            raise ConfigError(f"expected > 0, got {self.norm_eps}", key="norm_eps")
 
         if self.use_conv_embed and self.patch_size != 4:
             raise ConfigError(
-                f"use_conv_embed: the overlapped stem (k7 s4) is defined for patch_size 4, not {self.patch_size}"
+                f"the overlapped stem (k7 s4) is defined for patch_size 4, not {self.patch_size}", key="use_conv_embed"
             )
 
         for k, choices in (
@@ -173,16 +173,16 @@ class FocalNetConfig:
         ):
             v = getattr(self, k)
             if v not in choices:
-                raise ConfigError(f"{k}: unknown value '{v}'{did_you_mean(v, choices)}; allowed: {', '.join(choices)}")
+                raise ConfigError(f"unknown value '{v}'{did_you_mean(v, choices)}; allowed: {', '.join(choices)}", key=k)
 
         levels = _per_stage("focal_levels", self.focal_levels, n)
         if any(v < 0 for v in levels):
-            raise ConfigError(f"focal_levels: expected levels >= 0, got {list(levels)}")
+            raise ConfigError(f"expected levels >= 0, got {list(levels)}", key="focal_levels")
         windows = _per_stage("focal_windows", self.focal_windows, n)
         if any(v < 1 for v in windows):
-            raise ConfigError(f"focal_windows: expected window sizes >= 1, got {list(windows)}")
+            raise ConfigError(f"expected window sizes >= 1, got {list(windows)}", key="focal_windows")
         if self.focal_factor < 0:
-            raise ConfigError(f"focal_factor: expected >= 0, got {self.focal_factor}")
+            raise ConfigError(f"expected >= 0, got {self.focal_factor}", key="focal_factor")
         set_("focal_levels", levels)
         set_("focal_windows", windows)
 
@@ -191,8 +191,8 @@ class FocalNetConfig:
             for i, (stage_ks, lv) in enumerate(zip(ks, levels)):
                 if len(stage_ks) != lv:
                     raise ConfigError(
-                        f"kernel_sizes: stage {i} lists {len(stage_ks)} kernel(s) {list(stage_ks)} but focal_levels "
-                        f"is {lv}; give one kernel per level (or leave focal_levels unset to derive it)"
+                        f"stage {i} lists {len(stage_ks)} kernel(s) {list(stage_ks)} but focal_levels "
+                        f"is {lv}; give one kernel per level (or leave focal_levels unset to derive it)", key="kernel_sizes"
                     )
             set_("kernel_sizes", ks)
         for i in range(n):
@@ -200,8 +200,8 @@ class FocalNetConfig:
                 if k < 1 or k % 2 == 0:
                     src = "kernel_sizes" if self.kernel_sizes is not None else "focal_windows/focal_factor"
                     raise ConfigError(
-                        f"{src}: stage {i} gets kernel {k}; kernels must be odd and >= 1 so that maps keep their size "
-                        f"(kernels {list(self.stage_kernels(i))})"
+                        f"stage {i} gets kernel {k}; kernels must be odd and >= 1 so that maps keep their size "
+                        f"(kernels {list(self.stage_kernels(i))})", key=src
                     )
 
         self._check_mixer_knobs()
@@ -210,13 +210,13 @@ class FocalNetConfig:
             oi = _int_tuple("out_indices", self.out_indices)
             bad = [i for i in oi if not 0 <= i < n]
             if bad or len(set(oi)) != len(oi) or not oi:
-                raise ConfigError(f"out_indices: expected distinct stage indices in 0..{n - 1}, got {list(oi)}")
+                raise ConfigError(f"expected distinct stage indices in 0..{n - 1}, got {list(oi)}", key="out_indices")
             set_("out_indices", tuple(sorted(oi)))
 
         if not self.pad_input and self.img_size % self.stride:
             raise ConfigError(
-                f"img_size: {self.img_size} is not a multiple of the network stride {self.stride}; "
-                f"use a multiple (e.g. {self.stride * max(1, round(self.img_size / self.stride))}) or pad_input=true"
+                f"{self.img_size} is not a multiple of the network stride {self.stride}; "
+                f"use a multiple (e.g. {self.stride * max(1, round(self.img_size / self.stride))}) or pad_input=true", key="img_size"
             )
 
     def _check_mixer_knobs(self) -> None:
@@ -225,7 +225,7 @@ class FocalNetConfig:
             for i, dim in enumerate(self.stage_dims):
                 if dim % self.head_dim:
                     raise ConfigError(
-                        f"head_dim: stage {i} has {dim} channels, not a multiple of head_dim={self.head_dim}"
+                        f"stage {i} has {dim} channels, not a multiple of head_dim={self.head_dim}", key="head_dim"
                     )
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         gated = gated_mixers()
@@ -233,24 +233,24 @@ class FocalNetConfig:
             for k in ("gating", "modulation", "aggregation", "global_context"):
                 if getattr(self, k) != defaults[k]:
                     raise ConfigError(
-                        f"{k}: applies to token_mixer {' or '.join(gated)}, not '{mixer}' "
-                        f"(leave {k} at '{defaults[k]}')"
+                        f"applies to token_mixer {' or '.join(gated)}, not '{mixer}' "
+                        f"(leave {k} at '{defaults[k]}')", key=k
                     )
         if mixer == "dwconv" and min(self.focal_levels) < 1:
-            raise ConfigError("focal_levels: token_mixer 'dwconv' stacks the focal levels' convolutions and needs >= 1 level")
+            raise ConfigError("token_mixer 'dwconv' stacks the focal levels' convolutions and needs >= 1 level", key="focal_levels")
         if mixer in gated:
             for i in range(self.num_stages):
                 lv = self.focal_levels[i]
                 if lv == 0 and not self.global_context:
                     raise ConfigError(
-                        f"focal_levels: stage {i} has 0 levels and global_context is false: nothing is left to aggregate"
+                        f"stage {i} has 0 levels and global_context is false: nothing is left to aggregate", key="focal_levels"
                     )
                 if self.aggregation == "top_only" and lv == 0:
-                    raise ConfigError(f"aggregation: 'top_only' needs focal_levels >= 1 (stage {i} has 0)")
+                    raise ConfigError(f"'top_only' needs focal_levels >= 1 (stage {i} has 0)", key="aggregation")
                 if self.gating == "softmax" and self.num_aggregated(i) < 2:
                     raise ConfigError(
-                        f"gating: 'softmax' over levels needs >= 2 aggregated levels; stage {i} aggregates "
-                        f"{self.num_aggregated(i)} (use linear, sigmoid or none)"
+                        f"'softmax' over levels needs >= 2 aggregated levels; stage {i} aggregates "
+                        f"{self.num_aggregated(i)} (use linear, sigmoid or none)", key="gating"
                     )
 
     # ------------------------------------------------------------------ derived values
@@ -350,13 +350,13 @@ class FocalNetConfig:
                         vals = set(getattr(self, k))
                         if len(vals) != 1:
                             raise ConfigError(
-                                f"{k}: the base has per-stage values {list(getattr(self, k))} that do not fit "
-                                f"depths={list(_int_tuple('depths', overrides['depths']))}; set {k} too"
+                                f"the base has per-stage values {list(getattr(self, k))} that do not fit "
+                                f"depths={list(_int_tuple('depths', overrides['depths']))}; set {k} too", key=k
                             )
                         overrides[k] = vals.pop()
                 if self.kernel_sizes is not None and "kernel_sizes" not in overrides:
                     if len(set(self.kernel_sizes)) != 1:
-                        raise ConfigError("kernel_sizes: per-stage kernels of the base do not fit the new depths; set kernel_sizes too")
+                        raise ConfigError("per-stage kernels of the base do not fit the new depths; set kernel_sizes too", key="kernel_sizes")
                     overrides["kernel_sizes"] = list(self.kernel_sizes[0])
                 if self.out_indices is not None and "out_indices" not in overrides:
                     overrides["out_indices"] = None
@@ -385,13 +385,13 @@ def _type_name(v: Any) -> str:
 
 def _check_type(name: str, v: Any) -> None:
     if name in _BOOL_FIELDS and not isinstance(v, bool):
-        raise ConfigError(f"{name}: expected true or false, got {v!r} ({_type_name(v)})")
+        raise ConfigError(f"expected true or false, got {v!r} ({_type_name(v)})", key=name)
     if name in _INT_FIELDS and (isinstance(v, bool) or not isinstance(v, int)):
-        raise ConfigError(f"{name}: expected an integer, got {v!r} ({_type_name(v)})")
+        raise ConfigError(f"expected an integer, got {v!r} ({_type_name(v)})", key=name)
     if name in _FLOAT_FIELDS and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
-        raise ConfigError(f"{name}: expected a number, got {v!r} ({_type_name(v)})")
+        raise ConfigError(f"expected a number, got {v!r} ({_type_name(v)})", key=name)
     if name in _STR_FIELDS and not isinstance(v, str):
-        raise ConfigError(f"{name}: expected a string, got {v!r} ({_type_name(v)})")
+        raise ConfigError(f"expected a string, got {v!r} ({_type_name(v)})", key=name)
 
 
 def _is_int(v: Any) -> bool:
@@ -403,7 +403,7 @@ def _int_tuple(name: str, v: Any) -> tuple[int, ...]:
         return (v,)
     if isinstance(v, (list, tuple)) and all(_is_int(x) for x in v):
         return tuple(v)
-    raise ConfigError(f"{name}: expected a list of integers, got {v!r}")
+    raise ConfigError(f"expected a list of integers, got {v!r}", key=name)
 
 
 def _per_stage(name: str, v: Any, n: int) -> tuple[int, ...]:
@@ -413,32 +413,33 @@ def _per_stage(name: str, v: Any, n: int) -> tuple[int, ...]:
         if len(v) == 1 and n > 1:
             return tuple(v) * n
         if len(v) != n:
-            raise ConfigError(f"{name}: expected one value or {n} (one per stage), got {len(v)}: {list(v)}")
+            raise ConfigError(f"expected one value or {n} (one per stage), got {len(v)}: {list(v)}", key=name)
         return tuple(v)
-    raise ConfigError(f"{name}: expected an integer or a list of {n} integers (one per stage), got {v!r}")
+    raise ConfigError(f"expected an integer or a list of {n} integers (one per stage), got {v!r}", key=name)
 
 
 def _kernel_lists(v: Any, n: int) -> tuple[tuple[int, ...], ...]:
-    msg = f"kernel_sizes: expected a list of kernels (e.g. [13] or [3, 5]) or one such list per stage ({n}), got {v!r}"
+    msg = f"expected a list of kernels (e.g. [13] or [3, 5]) or one such list per stage ({n}), got {v!r}"
     if _is_int(v):
         return ((v,),) * n
     if not isinstance(v, (list, tuple)):
-        raise ConfigError(msg)
+        raise ConfigError(msg, key="kernel_sizes")
     if all(_is_int(x) for x in v):  # one list for every stage
         return (tuple(v),) * n
     if all(isinstance(x, (list, tuple)) and all(_is_int(k) for k in x) for x in v):
         if len(v) != n:
-            raise ConfigError(f"kernel_sizes: expected one kernel list per stage ({n}), got {len(v)}")
+            raise ConfigError(f"expected one kernel list per stage ({n}), got {len(v)}", key="kernel_sizes")
         return tuple(tuple(x) for x in v)
-    raise ConfigError(msg)
+    raise ConfigError(msg, key="kernel_sizes")
 
 
 def _positive(name: str, v: int) -> None:
     if v < 1:
-        raise ConfigError(f"{name}: expected an integer >= 1, got {v}")
+        raise ConfigError(f"expected an integer >= 1, got {v}", key=name)
 
 
 def _check_keys(d: Mapping[str, Any], valid: list[str]) -> None:
     for k in d:
         if k not in valid:
-            raise ConfigError(f"unknown model key '{k}'{did_you_mean(k, valid)}")
+            hits = closest(k, valid, n=1)
+            raise ConfigError(key=k, unknown=True, suggestion=hits[0] if hits else None, noun="model key")

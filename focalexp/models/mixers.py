@@ -134,8 +134,8 @@ def registered_mixers() -> dict[str, type[TokenMixer]]:
 
 def mixer_class(name: str) -> type[TokenMixer]:
     if name not in _MIXERS:
-        raise UnknownNameError(f"token_mixer: unknown value '{name}'{did_you_mean(name, _MIXERS)}; "
-                               f"registered: {', '.join(_MIXERS)}")
+        raise UnknownNameError(f"unknown value '{name}'{did_you_mean(name, _MIXERS)}; "
+                               f"registered: {', '.join(_MIXERS)}", key="token_mixer")
     return _MIXERS[name]
 
 

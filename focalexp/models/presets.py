@@ -364,12 +364,12 @@ def resolve_config(name_or_config: Any = None, **overrides: Any) -> FocalNetConf
         preset = d.pop("preset", None)
         if preset is not None:
             if not isinstance(preset, str):
-                raise ConfigError(f"preset: expected a model name, got {preset!r}")
+                raise ConfigError(f"expected a model name, got {preset!r}", key="preset")
             base = get_preset(preset).config.replace(**d) if d else get_preset(preset).config
         else:
             base = FocalNetConfig.from_dict(d)
     else:
-        raise ConfigError(f"model: expected a preset name, a FocalNetConfig or a dict, got {type(name_or_config).__name__}")
+        raise ConfigError(f"expected a preset name, a FocalNetConfig or a dict, got {type(name_or_config).__name__}", key="model")
     return base.replace(**overrides) if overrides else base
 
 

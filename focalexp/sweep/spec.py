@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
-from ..configtools import build, load_yaml, to_plain
-from ..configtools import opt as _f
+from ..config import build, load_yaml, to_plain
+from ..config import opt as _f
 from ..errors import ConfigError, FocalexpError, did_you_mean
-from ..overrides import set_dotted
+from ..config import set_dotted
 
 
 class _Clusters:
@@ -138,15 +138,15 @@ def apply_spec_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> d
 def load_spec(path: str | Path, overrides: Mapping[str, Any] | None = None) -> SweepSpec:
     raw = load_yaml(path, "spec")
     if raw is None:
-        raise ConfigError(f"spec: '{path}' is empty; a sweep spec is a mapping with keys name, base, grid, ...")
+        raise ConfigError(f"'{path}' is empty; a sweep spec is a mapping with keys name, base, grid, ...", key="spec")
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"spec: '{path}': expected a mapping with keys name, base, grid, ... "
-                          f"(got a {type(raw).__name__})")
+        raise ConfigError(f"'{path}': expected a mapping with keys name, base, grid, ... "
+                          f"(got a {type(raw).__name__})", key="spec")
     run_keys = {"recipe", "model", "data", "train", "eval"}
     if raw and not ({"name", "base", "grid", "zip"} & set(raw)) and set(raw) <= run_keys | {"seed"}:
-        raise ConfigError(f"spec: '{path}' looks like a run config (sections {', '.join(map(str, raw))}), not a "
+        raise ConfigError(f"'{path}' looks like a run config (sections {', '.join(map(str, raw))}), not a "
                           f"sweep spec; run it with `focalexp train {path} --out DIR`, or put it under 'base:' "
-                          "of a spec")
+                          "of a spec", key="spec")
     return parse_spec(dict(raw), overrides, source=str(path))
 
 
@@ -159,9 +159,9 @@ def _split_task_options(raw: dict[str, Any]) -> tuple[dict[str, Any], Any, Any]:
     section = raw.pop(task.name, None) if task.options is not None else None
     for other in task_names():
         if other != task.name and other in raw and other not in SweepSpec.__dataclass_fields__:
-            raise ConfigError(f"{other}: options of task '{other}', but the sweep's task is '{task.name}'")
+            raise ConfigError(f"options of task '{other}', but the sweep's task is '{task.name}'", key=other)
     if "task_options" in raw:
-        raise ConfigError(f"unknown key 'task_options'; the task's options go under '{task.name}:'")
+        raise ConfigError(f"the task's options go under '{task.name}:'", key="task_options", unknown=True)
     if task.options is None:
         return raw, task, None
     if section is not None and not isinstance(section, Mapping):
@@ -169,8 +169,7 @@ def _split_task_options(raw: dict[str, Any]) -> tuple[dict[str, Any], Any, Any]:
     try:
         options = build(task.options, dict(section or {}))
     except ConfigError as e:
-        raise ConfigError(f"{task.name}.{e}" if not str(e).startswith("unknown key") else
-                          str(e).replace("unknown key '", f"unknown key '{task.name}.", 1)) from None
+        raise e.under(task.name) from e
     return raw, task, options
 
 
@@ -180,43 +179,43 @@ def parse_spec(raw: Mapping[str, Any], overrides: Mapping[str, Any] | None = Non
     spec: SweepSpec = build(SweepSpec, raw)
     spec.task_options = options
     if not spec.name:
-        raise ConfigError(f"name: {source} needs a name (it names the sweep dir)")
+        raise ConfigError(f"{source} needs a name (it names the sweep dir)", key="name")
     if not _NAME.match(spec.name):
-        raise ConfigError(f"name: {spec.name!r} may hold only letters, digits, '-', '_' and '.'")
+        raise ConfigError(f"{spec.name!r} may hold only letters, digits, '-', '_' and '.'", key="name")
     if not spec.seeds:
-        raise ConfigError("seeds: the list is empty; give at least one seed, e.g. [0]")
+        raise ConfigError("the list is empty; give at least one seed, e.g. [0]", key="seeds")
     if len(set(spec.seeds)) != len(spec.seeds) or any(s < 0 for s in spec.seeds):
-        raise ConfigError(f"seeds: expected distinct non-negative integers, got {spec.seeds}")
+        raise ConfigError(f"expected distinct non-negative integers, got {spec.seeds}", key="seeds")
     if not task.seeded and len(spec.seeds) > 1:
-        raise ConfigError(f"seeds: a {task.name} sweep has nothing random to seed; give one seed, got {spec.seeds}")
+        raise ConfigError(f"a {task.name} sweep has nothing random to seed; give one seed, got {spec.seeds}", key="seeds")
     for k, v in spec.grid.items():
         if not isinstance(v, list):
-            raise ConfigError(f"grid.{k}: expected a list of values, got {v!r}")
+            raise ConfigError(f"expected a list of values, got {v!r}", key=f"grid.{k}")
         if not v:
-            raise ConfigError(f"grid.{k}: the list is empty; give at least one value")
+            raise ConfigError("the list is empty; give at least one value", key=f"grid.{k}")
         if k == "seed":
-            raise ConfigError("grid.seed: list seeds under 'seeds', not as an axis")
+            raise ConfigError("list seeds under 'seeds', not as an axis", key="grid.seed")
     seen = set(spec.grid)
     for i, group in enumerate(spec.zip):
         if not group:
-            raise ConfigError(f"zip[{i}]: the group is empty")
+            raise ConfigError("the group is empty", key=f"zip[{i}]")
         lengths = set()
         for k, v in group.items():
             if not isinstance(v, list) or not v:
-                raise ConfigError(f"zip[{i}].{k}: expected a non-empty list of values, got {v!r}")
+                raise ConfigError(f"expected a non-empty list of values, got {v!r}", key=f"zip[{i}].{k}")
             if k in seen:
-                raise ConfigError(f"zip[{i}].{k}: the key is already an axis")
+                raise ConfigError("the key is already an axis", key=f"zip[{i}].{k}")
             seen.add(k)
             lengths.add(len(v))
         if len(lengths) > 1:
-            raise ConfigError(f"zip[{i}]: lists of different lengths {sorted(lengths)}; keys that vary together "
-                              "need one value each per point")
+            raise ConfigError(f"lists of different lengths {sorted(lengths)}; keys that vary together "
+                              "need one value each per point", key=f"zip[{i}]")
     for i, rule in enumerate(spec.exclude):
         if not rule:
-            raise ConfigError(f"exclude[{i}]: the rule is empty")
+            raise ConfigError("the rule is empty", key=f"exclude[{i}]")
         for k in rule:
             if k not in seen:
-                raise ConfigError(f"exclude[{i}].{k}: not an axis of the sweep{did_you_mean(k, seen)}")
+                raise ConfigError(f"not an axis of the sweep{did_you_mean(k, seen)}", key=f"exclude[{i}].{k}")
     return spec
 
 
@@ -249,9 +248,9 @@ def check_run_count(spec: SweepSpec, limit: int | None = MAX_RUNS) -> int:
     if limit is not None and n > limit:
         shape = " x ".join([str(len(v)) for v in spec.grid.values()] + [str(len(next(iter(g.values()))))
                                                                       for g in spec.zip])
-        raise ConfigError(f"grid: {'' if exact else 'up to '}{n:,} runs ({shape or '1'} points x {len(spec.seeds)} "
+        raise ConfigError(f"{'' if exact else 'up to '}{n:,} runs ({shape or '1'} points x {len(spec.seeds)} "
                           f"seed(s)); more than {limit:,} needs --yes (each run is validated before anything "
-                          "is submitted), or trim the grid")
+                          "is submitted), or trim the grid", key="grid")
     return n
 
 
@@ -290,10 +289,10 @@ def expand(spec: SweepSpec, *, check_data_present: bool = True, max_runs: int | 
     check_run_count(spec, max_runs)
     points = _points(spec)
     if not points:
-        raise ConfigError("grid: every combination is excluded; the sweep has no runs")
+        raise ConfigError("every combination is excluded; the sweep has no runs", key="grid")
     base = dict(spec.base)
     if "seed" in base:
-        raise ConfigError("base.seed: list seeds under the spec's 'seeds' key")
+        raise ConfigError("list seeds under the spec's 'seeds' key", key="base.seed")
     runs: list[Run] = []
     ids: dict[str, str] = {}
     for point in points:
@@ -303,7 +302,7 @@ def expand(spec: SweepSpec, *, check_data_present: bool = True, max_runs: int | 
             try:
                 cfg = task.resolve(base, overrides, spec.task_options, check_data_present=check_data_present)
             except FocalexpError as e:
-                raise _in_run(e, point, label) from None
+                raise _in_run(e, point, label) from e
             run_id = task.run_id(cfg, spec.task_options)
             if run_id in ids:
                 raise ConfigError(f"run [{label}]: resolves to the same config as run [{ids[run_id]}] "
@@ -313,16 +312,8 @@ def expand(spec: SweepSpec, *, check_data_present: bool = True, max_runs: int | 
     return runs
 
 
-def _in_run(e: FocalexpError, point: Mapping[str, Any], label: str) -> ConfigError:
-    """The error of one run, with where it happened: the grid axis when the key itself is unknown, else
-    the run. The original error stays attached (``__cause__``), its key in ``.key``, the run in ``.run``."""
-    msg = str(e)
-    if msg.startswith("unknown model '"):
-        msg = f"model.preset: {msg}"
-    unknown = re.match(r"unknown key '([^']+)'", msg)
-    axis = unknown.group(1) if unknown and unknown.group(1) in point else None
-    where = f"grid axis '{axis}'" if axis else f"run [{label}]"
-    out = ConfigError(f"{where}: {msg}")
-    out.run, out.key = label, (axis or (msg.split(":", 1)[0] if ":" in msg else None))
-    out.__cause__ = e
-    return out
+def _in_run(e: FocalexpError, point: Mapping[str, Any], label: str) -> FocalexpError:
+    """The error of one run, with where it happened: the grid axis when the key itself is unknown and an
+    axis brought it in, else the run (``e.axis`` / ``e.run``; the original error is the ``__cause__``)."""
+    axis = e.key if e.unknown and e.key in point else None
+    return e.in_run(label, axis=axis)

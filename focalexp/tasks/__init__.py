@@ -54,7 +54,7 @@ class Task:
 
     def to_plain(self, config: Any) -> dict[str, Any]:
         """The resolved config as plain data (JSON/YAML): recorded in the manifest, carried to the node."""
-        from ..configtools import to_plain
+        from ..config import to_plain
 
         return to_plain(config)
 
@@ -117,14 +117,14 @@ def task_names() -> list[str]:
 def get_task(name: str) -> Task:
     """The task registered as ``name``; an unknown name is one line with the closest name."""
     if not isinstance(name, str):
-        raise ConfigError(f"task: expected a task name, got {name!r}")
+        raise ConfigError(f"expected a task name, got {name!r}", key="task")
     if ":" in name or "/" in name:
-        raise ConfigError(f"task: {name!r} names code to import; a spec file may not (register the task with an "
-                          f"entry point in group '{ENTRY_POINT_GROUP}', or register_task() in Python)")
+        raise ConfigError(f"{name!r} names code to import; a spec file may not (register the task with an "
+                          f"entry point in group '{ENTRY_POINT_GROUP}', or register_task() in Python)", key="task")
     found = _TASKS.find(name, register_task)
     if found is None:
         names = task_names()
-        raise ConfigError(f"task: unknown value '{name}'{did_you_mean(name, names)}; allowed: {', '.join(names)}")
+        raise ConfigError(f"unknown value '{name}'{did_you_mean(name, names)}; allowed: {', '.join(names)}", key="task")
     return found
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from ..configtools import content_hash, opt, to_plain
+from ..config import content_hash, opt, to_plain
 from ..errors import ConfigError
 from . import register_task
 from .train import RunConfigTask
@@ -65,7 +65,7 @@ def measure(cfg, out: str, *, batch_size: int = 16, rounds: int = 5, warmup: int
     from ..train.loop import process_peak_memory_mb, tune_cpu_allocator, write_json
 
     if mode not in ("infer", "train", "both"):
-        raise ConfigError(f"measure.mode: unknown mode {mode!r}; allowed: infer, train, both")
+        raise ConfigError(f"unknown mode {mode!r}; allowed: infer, train, both", key="measure.mode")
     mcfg = resolve_config(cfg.model)
     outp = Path(out)
     outp.mkdir(parents=True, exist_ok=True)

@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from ..configtools import build, content_hash, deep_merge, load_yaml, to_plain
-from ..configtools import opt as _f  # (a field below is named `opt`)
+from ..config import apply_overrides, build, content_hash, deep_merge, load_yaml, to_plain
+from ..config import opt as _f  # (a field below is named `opt`)
 from ..data.config import DataConfig, check_data, default_img_size, num_classes_of
-from ..errors import ConfigError, FocalexpError, did_you_mean
-from ..overrides import apply_overrides
+from ..errors import ConfigError, FocalexpError, closest, did_you_mean
 
 
 @dataclass
@@ -120,8 +119,16 @@ class RunConfig:
                    train=TrainConfig(**d["train"]), eval=EvalConfig(**d["eval"]))
 
     def model_config(self):
-        from ..models.presets import resolve_config
+        """The model section as a :class:`FocalNetConfig`. Errors carry the key inside the section
+        (``depths``; an unknown preset is ``preset``); :func:`validate` puts them under ``model``."""
+        from ..models.presets import canonical_name, resolve_config
 
+        preset = self.model.get("preset") if isinstance(self.model, Mapping) else None
+        if isinstance(preset, str):
+            try:
+                canonical_name(preset)
+            except FocalexpError as e:
+                raise e.under("preset") from e
         return resolve_config(self.model)
 
 
@@ -130,11 +137,16 @@ OPERATIONAL_KEYS = (("train", "threads"), ("data", "workers"), ("train", "checkp
                     ("train", "stop_after_epochs"))
 
 
+def _closest_section(name: str) -> str | None:
+    hits = closest(name, SECTIONS, n=1)
+    return hits[0] if hits else None
+
+
 def _recipe_name(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> str:
     name = overrides.get("recipe", raw.get("recipe", "cpu_small"))
     if name not in RECIPES:
-        raise ConfigError(f"recipe: unknown recipe {name!r}{did_you_mean(str(name), RECIPES)}; "
-                          f"allowed: {', '.join(RECIPES)}")
+        raise ConfigError(f"unknown recipe {name!r}{did_you_mean(str(name), RECIPES)}; "
+                          f"allowed: {', '.join(RECIPES)}", key="recipe")
     return name
 
 
@@ -156,10 +168,10 @@ def resolve_run_config(
     overrides = dict(overrides or {})
     for k in raw:
         if k not in SECTIONS:
-            raise ConfigError(f"unknown key '{k}'{did_you_mean(str(k), SECTIONS)}")
+            raise ConfigError(key=str(k), unknown=True, suggestion=_closest_section(str(k)))
     for k in overrides:
         if k.split(".")[0] not in SECTIONS:
-            raise ConfigError(f"unknown key '{k}'{did_you_mean(k.split('.')[0], SECTIONS)}")
+            raise ConfigError(key=k, unknown=True, suggestion=_closest_section(k.split(".")[0]))
     recipe = _recipe_name(raw, overrides)
     merged = deep_merge(copy.deepcopy(RECIPES[recipe]), raw)
     merged["recipe"] = recipe
@@ -167,7 +179,7 @@ def resolve_run_config(
         merged["model"] = {"preset": model}
     merged = apply_overrides(merged, overrides)
     if not isinstance(merged.get("model", {}), Mapping):
-        raise ConfigError(f"model: expected a mapping (preset: NAME plus knobs), got {merged['model']!r}")
+        raise ConfigError(f"expected a mapping (preset: NAME plus knobs), got {merged['model']!r}", key="model")
     cfg: RunConfig = build(RunConfig, merged)
     _complete_model(cfg, check_data_present)
     validate(cfg, check_data_present)
@@ -177,23 +189,23 @@ def resolve_run_config(
 def _complete_model(cfg: RunConfig, data_present: bool = True) -> None:
     """Fill the model's num_classes / img_size from the data unless the config sets them."""
     if "preset" not in cfg.model:
-        raise ConfigError("model.preset: name a preset (see `focalexp models`), e.g. model: {preset: focalnet_t_srf}")
+        raise ConfigError("name a preset (see `focalexp models`), e.g. model: {preset: focalnet_t_srf}", key="model.preset")
     m = cfg.model
     img = default_img_size(cfg.data)
     if cfg.data.img_size is None:
         cfg.data.img_size = img
     m.setdefault("img_size", img)
     if m["img_size"] != img:
-        raise ConfigError(f"model.img_size: {m['img_size']} differs from data.img_size {img}; set one of them")
+        raise ConfigError(f"{m['img_size']} differs from data.img_size {img}; set one of them", key="model.img_size")
     if not data_present and cfg.data.dataset == "imagefolder":
         if "num_classes" not in m:
-            raise ConfigError("model.num_classes: set it (e.g. 1000 for ImageNet-1K) when the data is not "
-                              "checked on this machine")
+            raise ConfigError("set it (e.g. 1000 for ImageNet-1K) when the data is not "
+                              "checked on this machine", key="model.num_classes")
         return
     ncls = num_classes_of(cfg.data)
     m.setdefault("num_classes", ncls)
     if m["num_classes"] != ncls:
-        raise ConfigError(f"model.num_classes: {m['num_classes']} but the dataset has {ncls} classes")
+        raise ConfigError(f"{m['num_classes']} but the dataset has {ncls} classes", key="model.num_classes")
 
 
 def validate(cfg: RunConfig, data_present: bool = True) -> None:
@@ -203,24 +215,18 @@ def validate(cfg: RunConfig, data_present: bool = True) -> None:
     try:
         cfg.model_config()
     except FocalexpError as e:
-        msg = str(e)
-        if msg.startswith("unknown model key '"):
-            msg = "unknown key 'model." + msg[len("unknown model key '"):].replace("(did you mean '",
-                                                                                   "(did you mean 'model.")
-        elif not msg.startswith(("model.", "unknown model", "unknown key")):
-            msg = f"model.{msg}"
-        raise type(e)(msg) from None
+        raise e.under("model") from e
     check_data(cfg.data, on_disk=data_present)
     t = cfg.train
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
-        raise ConfigError(f"train.betas: expected two values in [0, 1), got {t.betas}")
+        raise ConfigError(f"expected two values in [0, 1), got {t.betas}", key="train.betas")
     if t.warmup_epochs >= t.epochs and t.epochs > 1:
-        raise ConfigError(f"train.warmup_epochs: {t.warmup_epochs} is not shorter than train.epochs {t.epochs}")
+        raise ConfigError(f"{t.warmup_epochs} is not shorter than train.epochs {t.epochs}", key="train.warmup_epochs")
     check_optimizer(t.opt)
     if (t.mixup or t.cutmix) and cfg.data.dataset == "pathfinder":
-        raise ConfigError("train.mixup: mixing pathfinder images destroys their labels (connected or not); keep 0")
+        raise ConfigError("mixing pathfinder images destroys their labels (connected or not); keep 0", key="train.mixup")
     if t.amp == "fp16" and t.device == "cpu":
-        raise ConfigError("train.amp: fp16 autocast needs a GPU; use bf16 on CPU")
+        raise ConfigError("fp16 autocast needs a GPU; use bf16 on CPU", key="train.amp")
 
 
 def check_nproc(nproc: int) -> None:
@@ -246,7 +252,7 @@ def check_optimizer(name: str) -> None:
     from timm.optim import list_optimizers
 
     if name.lower() not in list_optimizers():
-        raise ConfigError(f"train.opt: unknown optimizer '{name}'{did_you_mean(name, list_optimizers())}")
+        raise ConfigError(f"unknown optimizer '{name}'{did_you_mean(name, list_optimizers())}", key="train.opt")
 
 
 def load_run_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None,
@@ -254,12 +260,12 @@ def load_run_config(path: str | Path | None, overrides: Mapping[str, Any] | None
     """Read a run config YAML (or none: the recipe's defaults) and resolve it."""
     raw = load_yaml(path, "config") if path is not None else {}
     if raw is None:
-        raise ConfigError(f"config: '{path}' is empty; a run config is a mapping with sections "
-                          f"{', '.join(SECTIONS)}")
+        raise ConfigError(f"'{path}' is empty; a run config is a mapping with sections "
+                          f"{', '.join(SECTIONS)}", key="config")
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"config: '{path}': expected a mapping with sections {', '.join(SECTIONS)}, "
-                          f"got a {type(raw).__name__}")
+        raise ConfigError(f"'{path}': expected a mapping with sections {', '.join(SECTIONS)}, "
+                          f"got a {type(raw).__name__}", key="config")
     if "grid" in raw or ("base" in raw and "name" in raw):
-        raise ConfigError(f"config: '{path}' looks like a sweep spec (it has {'grid' if 'grid' in raw else 'base'}:), "
-                          f"not a run config; run it with `focalexp sweep {path}`")
+        raise ConfigError(f"'{path}' looks like a sweep spec (it has {'grid' if 'grid' in raw else 'base'}:), "
+                          f"not a run config; run it with `focalexp sweep {path}`", key="config")
     return resolve_run_config(raw, overrides, model)

@@ -556,7 +556,7 @@ def read_run_checkpoint(path: str | os.PathLike, cfg: RunConfig, what: str = "--
 
 def check_out_dir(cfg: RunConfig, out: Path) -> None:
     """A run dir may only be reused by the same experiment (operational knobs may differ)."""
-    from ..configtools import load_yaml
+    from ..config import load_yaml
     from ..fileio import output_dir
     from .config import resolve_run_config
 

@@ -49,20 +49,36 @@ def tiny_run(**sections) -> dict:
     return cfg
 
 
-@pytest.fixture
-def run(capsys):
-    """Run the CLI in-process; returns (returncode, stdout, stderr) like a finished subprocess."""
-
+def invoke(*args: str, cwd: str | Path | None = None) -> SimpleNamespace:
+    """The one CLI harness of the tests: ``focalexp ARGS`` run in this process (``cli.main``), its
+    stdout/stderr captured and ``cwd`` entered for the call; returns ``returncode``, ``stdout``, ``stderr``
+    like a finished subprocess. Tests start a real process only where a separate process is the point
+    (SLURM, kill/signal tests, the console entry point, a fresh interpreter's imports)."""
+    import contextlib
+    import io
     from focalexp.cli import main
 
-    def _run(*args: str, check_rc: int | None = 0) -> SimpleNamespace:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.ExitStack() as stack:
+        if cwd is not None:
+            stack.enter_context(contextlib.chdir(cwd))
+        stack.enter_context(contextlib.redirect_stdout(out))
+        stack.enter_context(contextlib.redirect_stderr(err))
         try:
             rc = main(list(args))
         except SystemExit as e:  # argparse errors and --help
-            rc = e.code
-        out, err = capsys.readouterr()
+            rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return SimpleNamespace(returncode=rc, stdout=out.getvalue(), stderr=err.getvalue())
+
+
+@pytest.fixture
+def run():
+    """:func:`invoke` that by default asserts the exit code (``check_rc=0``; None: any)."""
+
+    def _run(*args: str, check_rc: int | None = 0, cwd: str | Path | None = None) -> SimpleNamespace:
+        r = invoke(*args, cwd=cwd)
         if check_rc is not None:
-            assert rc == check_rc, err
-        return SimpleNamespace(returncode=rc, stdout=out, stderr=err)
+            assert r.returncode == check_rc, r.stderr
+        return r
 
     return _run

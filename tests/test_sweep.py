@@ -18,7 +18,7 @@ from focalexp.errors import ConfigError
 from focalexp.sweep import collect, counts, expand, launch, parse_spec, report, status
 from focalexp.sweep.job import claim_run, read_claim
 
-from .conftest import tiny_run
+from .conftest import invoke, tiny_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,9 +39,7 @@ def write_spec(tmp_path: Path, spec: dict, name: str = "spec.yaml") -> Path:
     return p
 
 
-def cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "focalexp", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout)
+cli = invoke  # in-process; a real process only where one is the point (the kill tests below)
 
 
 # ------------------------------------------------------------------ spec and grid
@@ -157,21 +155,17 @@ def test_imagenet_specs_validate_without_data(spec, monkeypatch):
         expand(sp)  # submitting for real checks the data
 
 
-def test_imagenet_dry_run_prints_compute_and_a_real_submission_names_the_missing_data(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "IMAGENET_ROOT"}
+def test_imagenet_dry_run_prints_compute_and_a_real_submission_names_the_missing_data(tmp_path, monkeypatch):
+    monkeypatch.delenv("IMAGENET_ROOT", raising=False)
     spec = str(REPO / "experiments" / "imagenet" / "components.yaml")
-    r = subprocess.run([sys.executable, "-m", "focalexp", "sweep", spec, "--dry-run"], capture_output=True,
-                       text=True, cwd=tmp_path, env=env, timeout=600)
+    r = cli("sweep", spec, "--dry-run", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "GPU-hours" in r.stdout and "1281167" in r.stdout and "focalnet_t_lrf_no_gating" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "focalexp", "sweep", spec, "--cluster", "local"],
-                       capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    r = cli("sweep", spec, "--cluster", "local", cwd=tmp_path)
     # 8 GPUs x 10 cores per run: refused here before anything is expanded or written
     assert r.returncode == 2 and "launcher.cpus_per_task: 10 x 8 task(s)" in r.stderr, r.stderr
     fits = [f"launcher.{k}" for k in ("tasks_per_node=1", "gpus_per_node=0", "cpus_per_task=1", "mem_gb=1")]
-    r = subprocess.run([sys.executable, "-m", "focalexp", "sweep", spec, "--cluster", "local",
-                        *[a for f in fits for a in ("--set", f)]],
-                       capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    r = cli("sweep", spec, "--cluster", "local", *[a for f in fits for a in ("--set", f)], cwd=tmp_path)
     assert r.returncode == 2 and "IMAGENET_ROOT" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "sweeps").exists()
 

@@ -338,12 +338,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         bar.n = done
         bar.refresh()
 
-    if which == "local":
-        from .sweep.backends.local import parallelism
+    from .sweep import get_backend
 
-        print(f"sweep {spec.name}: {len(runs)} runs, local processes, {parallelism(spec.launcher)} at a time "
-              f"(logs in {sweep_dir}/logs; Ctrl-C stops them with a checkpoint, the same command continues)",
-              file=sys.stderr, flush=True)
+    line = get_backend(which).announce(spec, sweep_dir, len(runs))
+    if line:
+        print(line, file=sys.stderr, flush=True)
     try:
         out = launch(spec, sweep_dir, runs=runs, retry_failed=args.retry_failed, progress=progress,
                      allow_setup=args.allow_setup)
@@ -353,13 +352,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     skipped = ", ".join(f"{len(v)} {k}" for k, v in out.skipped.items())
     print(f"sweep {spec.name}: {len(runs)} runs; submitted {len(out.submitted)} ({out.cluster})"
           + (f"; left alone: {skipped}" if skipped else "") + f"; dir {sweep_dir}")
-    from .sweep import get_backend
-
-    queued = get_backend(out.cluster).returns_at_once  # a scheduler runs them: follow only with --wait
-    if queued and out.job_ids:
-        arrays = sorted({j.split("_")[0] for j in out.job_ids})
-        print(f"{out.cluster.upper()} job(s) {', '.join(arrays)}; follow with `focalexp status {sweep_dir}`; when they "
-              f"end, `focalexp report {sweep_dir}` writes the tables and figures (or pass --wait)")
+    backend = get_backend(out.cluster)
+    queued = backend.returns_at_once  # a scheduler runs them: follow only with --wait
+    line = backend.submitted(list(out.job_ids), sweep_dir) if queued else None
+    if line:
+        print(line)
     if queued and args.wait:
         _follow(sweep_dir)
     if not queued or args.wait:

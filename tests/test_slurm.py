@@ -91,6 +91,7 @@ def test_sweep_is_job_arrays_split_at_max_size_returns_at_once_and_completes(tmp
     r = sweep_cli(tmp_path, spec)
     assert r.returncode == 0, r.stdout + r.stderr
     assert time.time() - t0 < 60 and "submitted 3 (slurm)" in r.stdout
+    assert "SLURM job(s) " in r.stdout and f"focalexp report {tmp_path / 'sw'}" in r.stdout  # the backend's line
     ids = job_ids(tmp_path / "sw")
     groups: dict[str, list[str]] = {}
     for j in ids:

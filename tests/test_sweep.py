@@ -219,6 +219,7 @@ def test_what_a_newcomer_sees_of_a_local_sweep(local_sweep):
 
     tmp, p, r = local_sweep
     assert "sweep tiny: 3/3 runs finished" in r.stderr
+    assert "sweep tiny: 3 runs, local processes, " in r.stderr and "Ctrl-C stops them" in r.stderr  # announce()
     logs = "".join(f.read_text(errors="replace") for f in (tmp / "sw" / "logs").rglob("*_log.err"))
     assert "epoch 1/2: loss" in logs and "epoch 2/2: loss" in logs
     assert not (tmp / "sw" / "logs" / "%j").exists()

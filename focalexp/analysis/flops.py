@@ -336,6 +336,18 @@ def config_flops(
     return rep
 
 
+def config_gmacs(cfg: FocalNetConfig, img_size: int | None = None, *, cache: bool = True) -> float:
+    """GMACs per image (fvcore's count, the papers' convention) of the FocalNet ``cfg`` builds: analytic
+    (:mod:`focalexp.models.macs`, equal to fvcore, microseconds) for the token mixers it models, else
+    :func:`config_flops` (an fvcore trace, kept in the count cache). The one place that picks the counter."""
+    from ..models import macs
+
+    try:
+        return macs.gmacs(cfg, img_size)
+    except macs.NotAnalytic:
+        return config_flops(cfg, img_size, cross_check=False, cache=cache).gmacs
+
+
 def config_flops_table(cfg: FocalNetConfig, img_size: int | None = None, depth: int = 3, *, cache: bool = True) -> str:
     """:func:`flops_table` of the FocalNet that ``cfg`` builds, cached like :func:`config_flops`."""
     from . import countcache

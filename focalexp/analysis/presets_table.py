@@ -42,23 +42,16 @@ def preset_counts(cfg: FocalNetConfig, *, fast: bool = False, cache: bool = True
     GMACs are fvcore's count in the papers' convention. For the token mixers :mod:`focalexp.models.macs`
     models, it is computed analytically, which gives fvcore's number exactly (``tests/test_macs.py``,
     ``tests/test_presets.py``) in microseconds instead of a trace; any other mixer is traced by fvcore
-    through the count cache (:func:`~.flops.config_flops`).
+    through the count cache (:func:`~.flops.config_gmacs` picks).
     """
     import torch
 
-    from ..models import macs
     from ..models.focalnet import FocalNet, skip_weight_init
-    from .flops import config_flops, count_params, official_flops
+    from .flops import config_gmacs, count_params, official_flops
 
     off = official_flops(cfg)
     official = None if off is None else off / 1e9
-    gmacs = None
-    if not fast:
-        try:
-            gmacs = macs.gmacs(cfg)
-        except macs.NotAnalytic:  # a mixer the analytic count does not model: fvcore, via the count cache
-            rep = config_flops(cfg, cross_check=False, cache=cache)
-            return Counts(params=rep.params, gmacs=rep.gmacs, official_gflops=official)
+    gmacs = None if fast else config_gmacs(cfg, cache=cache)
     with torch.device("meta"), skip_weight_init():
         params = count_params(FocalNet(cfg))
     return Counts(params=params, gmacs=gmacs, official_gflops=official)

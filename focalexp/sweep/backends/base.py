@@ -90,6 +90,16 @@ class Backend:
         ``job_id``). A backend decides whether this returns at once (a scheduler) or when the runs ended."""
         raise NotImplementedError
 
+    def announce(self, spec: SweepSpec, sweep_dir: Path, n_runs: int) -> str | None:
+        """One line for the user before ``n_runs`` runs are submitted (where they run, where the logs go,
+        how to stop them), or None for nothing."""
+        return None
+
+    def submitted(self, job_ids: list[str], sweep_dir: Path) -> str | None:
+        """One line for the user after :meth:`submit` returned with ``job_ids`` queued (a backend that
+        ``returns_at_once``): the jobs, how to follow them and how to get the report. None: nothing."""
+        return None
+
     def event_fields(self, job: Any) -> dict[str, Any]:
         """What this backend records in the job's ``submitted`` line of ``jobs.jsonl`` beside the generic
         fields (job id, log paths)."""

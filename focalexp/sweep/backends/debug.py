@@ -20,6 +20,9 @@ class DebugBackend(LocalBackend):
     def event_fields(self, job: Any) -> dict[str, Any]:
         return {}
 
+    def announce(self, spec, sweep_dir, n_runs):
+        return f"sweep {spec.name}: {n_runs} runs in this process, one after another"
+
     def submit(self, submission, runs, progress=None) -> list[Any]:
         """Runs each job to its end before the next; a run's failure is in its run dir."""
         ex = self.executor(submission.spec, submission.sweep.logs / "%j")

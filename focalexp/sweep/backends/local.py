@@ -125,6 +125,10 @@ class LocalBackend(Backend):
     def event_fields(self, job: Any) -> dict[str, Any]:
         return {"pid": int(job.job_id)}  # a local job's id is its controller's pid
 
+    def announce(self, spec, sweep_dir, n_runs):
+        return (f"sweep {spec.name}: {n_runs} runs, local processes, {parallelism(spec.launcher)} at a time "
+                f"(logs in {sweep_dir}/logs; Ctrl-C stops them with a checkpoint, the same command continues)")
+
     def submit(self, submission, runs, progress=None) -> list[Any]:
         """At most :func:`parallelism` runs at a time; returns when all ended. Each run's job files lie in
         ``logs/RUN_ID/`` (submitit's local controller creates its folder argument as given, so a ``%j``

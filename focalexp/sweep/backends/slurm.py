@@ -179,6 +179,13 @@ class SlurmBackend(Backend):
             params["slurm_setup"] = list(lc.setup)
         return params
 
+    def submitted(self, job_ids, sweep_dir):
+        if not job_ids:
+            return None
+        arrays = sorted({j.split("_")[0] for j in job_ids})  # array tasks are ARRAY_INDEX
+        return (f"SLURM job(s) {', '.join(arrays)}; follow with `focalexp status {sweep_dir}`; when they end, "
+                f"`focalexp report {sweep_dir}` writes the tables and figures (or pass --wait)")
+
     def submit(self, submission, runs, progress=None) -> list[Any]:
         """Job arrays of at most MaxArraySize runs; returns once sbatch accepted them."""
         spec = submission.spec

@@ -70,6 +70,43 @@ class EstimateConfig:
                                      "dataset's size, or ImageNet-1K's 1,281,167 for 1000 classes)", min=1)
 
 
+class _Metrics:
+    """The metrics a report can compare: the ``result.json`` keys :data:`focalexp.sweep.collect.METRICS`
+    names (read when a spec is checked; collect imports this module)."""
+
+    def __iter__(self) -> Iterator[str]:
+        from .collect import METRICS
+
+        return iter(METRICS)
+
+    def __contains__(self, value: object) -> bool:
+        return value in list(self)
+
+
+@dataclass
+class PaperValue:
+    match: dict = field(default_factory=dict, metadata={"help": "axis -> value: the arm(s) this number is of"})
+    value: float = _f(None, "the published number, in the metric's unit (top-1 in %)")
+
+
+@dataclass
+class PaperResults:
+    """The published result of each arm, for the report to put beside ours."""
+
+    source: str = _f("", "where the numbers are from, e.g. 'Yang et al. 2022, Table 14'")
+    metric: str = _f("top1", "the result.json metric the numbers are of", choices=_Metrics())
+    values: list[PaperValue] = _f([], "one entry per arm: {match: {axis: value, ...}, value: number}")
+
+
+@dataclass
+class ReportOptions:
+    baseline: dict = field(default_factory=dict, metadata={
+        "help": "axis -> value: the arm the others are compared with (paired by seed); axes it leaves out "
+                "are compared within their own values"})
+    metric: Optional[str] = _f(None, "the metric the intervals and comparisons are of (default: paper.metric, "
+                               "else top1 when the runs report it)", choices=_Metrics())
+
+
 @dataclass
 class SweepSpec:
     name: str = _f("", "sweep name (letters, digits, - _ .); the default sweep dir is sweeps/NAME")
@@ -83,6 +120,8 @@ class SweepSpec:
                    "training), or a task registered from your package (focalexp.tasks)")
     estimate: EstimateConfig = field(default_factory=EstimateConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    report: ReportOptions = field(default_factory=ReportOptions)
+    paper: Optional[PaperResults] = _f(None, "the published result of each arm (source, metric, values)")
     # the task's own options: the spec section named like the task (``measure:``), typed by the task
     task_options: Any = field(default=None, metadata={"internal": True})
 
@@ -216,7 +255,67 @@ def parse_spec(raw: Mapping[str, Any], overrides: Mapping[str, Any] | None = Non
         for k in rule:
             if k not in seen:
                 raise ConfigError(f"not an axis of the sweep{did_you_mean(k, seen)}", key=f"exclude[{i}].{k}")
+    touched = any(str(k).split(".")[0] in ("grid", "zip", "exclude") for k in (overrides or {}))
+    _check_report_sections(spec, check_points=not touched)
     return spec
+
+
+def _axis_values(spec: SweepSpec) -> dict[str, list[Any]]:
+    values = {k: list(v) for k, v in spec.grid.items()}
+    for group in spec.zip:
+        values.update({k: list(v) for k, v in group.items()})
+    return values
+
+
+def check_match(spec: SweepSpec, rule: Any, key: str, check_points: bool = True) -> None:
+    """A mapping of axis -> value that must name axes of the sweep, values of those axes and (with
+    ``check_points``, i.e. unless --set changed the grid) at least one arm; errors name ``key``."""
+    values = _axis_values(spec)
+    if not isinstance(rule, Mapping) or not rule:
+        raise ConfigError(f"expected a mapping of axis -> value, e.g. {{{next(iter(values), 'model.focal_levels')}: "
+                          f"...}}, got {rule!r}", key=key)
+    for k, v in rule.items():
+        if k not in values:
+            raise ConfigError(f"not an axis of the sweep{did_you_mean(str(k), values)}", key=f"{key}.{k}")
+        if check_points and not any(_same_value(v, x) for x in values[k]):
+            raise ConfigError(f"{v!r} is not a value of the axis{did_you_mean(str(v), [str(x) for x in values[k]])};"
+                              f" its values: {', '.join(str(x) for x in values[k])}", key=f"{key}.{k}")
+    if check_points and count_runs(spec)[0] <= 100_000 and not any(
+            all(_same_value(p.get(k), v) for k, v in rule.items()) for p in _iter_points(spec)):
+        raise ConfigError("matches no arm of the sweep (no grid point has all these values)", key=key)
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return float(a) == float(b)
+    return a == b
+
+
+def _check_report_sections(spec: SweepSpec, check_points: bool = True) -> None:
+    """``report.baseline`` and every ``paper.values[i].match`` name arms of the sweep; each arm has at
+    most one paper value."""
+    if spec.report.baseline:
+        check_match(spec, spec.report.baseline, "report.baseline", check_points)
+    if spec.paper is None:
+        return
+    if not spec.paper.source.strip():
+        raise ConfigError("say where the numbers are from, e.g. 'Yang et al. 2022, Table 14'", key="paper.source")
+    if not spec.paper.values:
+        raise ConfigError("the list is empty; give {match: {axis: value}, value: number} per arm", key="paper.values")
+    claimed: dict[int, int] = {}
+    points = _points(spec) if check_points and count_runs(spec)[0] <= 100_000 else []
+    for i, pv in enumerate(spec.paper.values):
+        if pv.value is None:
+            raise ConfigError("the published number is missing", key=f"paper.values[{i}].value")
+        check_match(spec, pv.match, f"paper.values[{i}].match", check_points)
+        for j, p in enumerate(points):
+            if all(_same_value(p.get(k), v) for k, v in pv.match.items()):
+                if j in claimed:
+                    raise ConfigError(f"the arm {run_label(p, 0).rsplit(', seed=', 1)[0]} already has "
+                                      f"paper.values[{claimed[j]}]", key=f"paper.values[{i}].match")
+                claimed[j] = i
 
 
 def axis_keys(spec: SweepSpec) -> list[str]:

@@ -24,7 +24,7 @@ EXAMPLES = {
     "  focalexp sweep experiments/focal_levels.yaml --retry-failed",
     "status": "focalexp status sweeps/focal_levels\n  focalexp status sweeps/focal_levels --json",
     "collect": "focalexp collect sweeps/focal_levels\n  focalexp collect sweeps/focal_levels --format csv",
-    "report": "focalexp report sweeps/focal_levels",
+    "report": "focalexp report sweeps/focal_levels\n  focalexp report sweeps/focal_levels --baseline model.focal_levels=2 --ci bootstrap",
     "cancel": "focalexp cancel sweeps/focal_levels\n  focalexp cancel sweeps/focal_levels --run 3f2a9c41d0be --run 77e1b2c3d4f5",
     "models": "focalexp models\n  focalexp models --kind paper --json",
     "viz": "focalexp viz --model focalnet_t_srf --checkpoint focalnet_tiny_srf.pth --what modulator --out mod.png\n"
@@ -499,8 +499,10 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .sweep import report
+    from .sweep.reporting import parse_baseline
 
-    files = report(args.dir, formats=tuple(args.fig_format or ["png"]))
+    files = report(args.dir, formats=tuple(args.fig_format or ["png"]), ci=args.ci,
+                   baseline=parse_baseline(args.baseline))
     print(files["markdown"].read_text().strip())
     print("\nwrote " + ", ".join(str(p) for p in files.values()))
     return 0
@@ -622,8 +624,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "csv", "json"], default="table",
                    help="what to print: table (default), csv or json; results.csv and results.parquet are always written")
 
-    p = add("report", cmd_report, "Paper-style table (markdown, LaTeX; mean ± std over seeds) and seaborn figures.")
+    p = add("report", cmd_report, "Paper-style tables (markdown, LaTeX): per arm the mean and 95% interval over "
+            "seeds; against a baseline arm the paired difference (interval, p-value, seeds for 80% power) and "
+            "the paper's numbers beside ours; seaborn figures with intervals.")
     p.add_argument("dir", help="sweep dir")
+    p.add_argument("--ci", choices=["t", "bootstrap"], default="t",
+                   help="95%% interval over seeds: t (scipy.stats.t, default) or bootstrap (percentile)")
+    p.add_argument("--baseline", action="append", metavar="KEY=VALUE",
+                   help="the arm to compare with, e.g. model.focal_levels=2 (repeatable; overrides the spec's "
+                        "report.baseline)")
     p.add_argument("--fig-format", action="append", choices=["png", "pdf", "svg"], default=None,
                    help="figure format (repeatable; default png)")
     p = add("cancel", cmd_cancel, "Stop the queued and running jobs of a sweep: SLURM scancels them, local runs save "

@@ -104,3 +104,141 @@ def test_baseline_is_per_stratum_of_the_axes_it_leaves_out():
     assert baseline_arms(zipped, {"m": "fm", "L": 3}, units=[["m", "L"]]) == [0, 0, 0]
     with pytest.raises(ValueError, match="more than one arm"):
         baseline_arms(zipped, {"m": "fm"}, units=[["m", "L"]])
+
+
+# ------------------------------------------------------------------ spec sections
+def tiny_spec(**over) -> dict:
+    from .conftest import tiny_run
+
+    base = tiny_run()
+    base.pop("seed")
+    spec = {"name": "tiny", "base": base, "grid": {"model.focal_levels": [0, 1, 2]}, "seeds": [0, 1, 2],
+            "launcher": {"cluster": "local", "cpus_per_task": 1}}
+    spec.update(over)
+    return spec
+
+
+PAPER = {"source": "Yang et al. 2022, Table 14", "metric": "top1",
+         "values": [{"match": {"model.focal_levels": 0}, "value": 75.7},
+                    {"match": {"model.focal_levels": 1}, "value": 82.0},
+                    {"match": {"model.focal_levels": 2}, "value": 82.1}]}
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"report": {"baseline": {"model.focal_level": 2}}},
+     "report.baseline.model.focal_level: not an axis of the sweep (did you mean 'model.focal_levels'?)"),
+    ({"report": {"baseline": {"model.focal_levels": 7}}}, "report.baseline.model.focal_levels: 7 is not a value"),
+    ({"report": {"baseline": 2}}, "report.baseline: expected a mapping"),
+    ({"report": {"basline": {}}}, "unknown key 'report.basline' (did you mean 'report.baseline'?)"),
+    ({"paper": {**PAPER, "metric": "top_1"}}, "paper.metric: unknown value 'top_1' (did you mean 'top1'?)"),
+    ({"paper": {**PAPER, "source": ""}}, "paper.source:"),
+    ({"paper": {**PAPER, "values": [{"match": {"model.focal_levels": 9}, "value": 1.0}]}},
+     "paper.values[0].match.model.focal_levels: 9 is not a value"),
+    ({"paper": {**PAPER, "values": [{"match": {"model.focal_levels": 1}, "valeu": 1.0}]}},
+     "unknown key 'paper.values[0].valeu' (did you mean 'paper.values[0].value'?)"),
+    ({"paper": {**PAPER, "values": PAPER["values"] + [{"match": {"model.focal_levels": 2}, "value": 1.0}]}},
+     "paper.values[3].match: the arm model.focal_levels=2 already has paper.values[2]"),
+    ({"paper": {**PAPER, "values": [{"match": {"model.focal_levels": 1}, "value": "high"}]}},
+     "paper.values[0].value: expected a number"),
+    ({"zip": [{"model.focal_levels": [1, 2], "model.kernel_sizes": [[3], [3, 5]]}], "grid": {},
+      "paper": {**PAPER, "values": [{"match": {"model.focal_levels": 1, "model.kernel_sizes": [3, 5]}, "value": 1.0}]}},
+     "paper.values[0].match: matches no arm"),
+])
+def test_report_and_paper_sections_are_strict(over, message):
+    with pytest.raises(ConfigError) as e:
+        parse_spec(tiny_spec(**over))
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_narrowing_the_grid_with_set_drops_paper_values_instead_of_failing():
+    s = parse_spec(tiny_spec(paper=PAPER, report={"baseline": {"model.focal_levels": 2}}),
+                   {"grid.model.focal_levels": [0, 1]})
+    assert s.paper.values[2].value == 82.1 and s.to_dict()["report"]["baseline"] == {"model.focal_levels": 2}
+
+
+# ------------------------------------------------------------------ the report of a synthetic sweep dir
+def synthetic_sweep(path: Path, top1: dict[int, list[float]], **over) -> Path:
+    """A sweep dir as `focalexp sweep` leaves it (manifest, spec.yaml, run dirs), with result.json files
+    holding the given top-1 per focal level and seed (None: the run failed)."""
+    from focalexp.sweep import SweepDir, expand
+
+    levels = list(top1)
+    seeds = list(range(max(len(v) for v in top1.values())))
+    spec = parse_spec(tiny_spec(grid={"model.focal_levels": levels}, seeds=seeds, **over))
+    runs = expand(spec)
+    sweep = SweepDir(path)
+    sweep.write_manifest(spec, runs, "local")
+    for r in runs:
+        v = top1[r.axes["model.focal_levels"]][r.seed]
+        res = ({"status": "done", "top1": v, "params": 500_000 + 1000 * r.axes["model.focal_levels"],
+                "gmacs": 0.014 + 0.001 * r.axes["model.focal_levels"]} if v is not None
+               else {"status": "failed", "reason": "diverged"})
+        (sweep.run_dir(r.run_id) / "result.json").write_text(json.dumps(res))
+    return path
+
+
+def cells_of(md: str) -> list[list[str]]:
+    """The rows of the markdown tables in ``md`` as lists of stripped cells."""
+    return [[c.strip() for c in line.strip()[1:-1].split("|")] for line in md.splitlines() if line.startswith("|")]
+
+
+THREE_SEEDS = {0: [70.0, 72.0, 71.0], 1: [80.5, 81.0, 83.0], 2: [80.0, 81.0, 82.5]}
+
+
+def test_report_of_three_seeds_with_paper_and_baseline(tmp_path):
+    sw = synthetic_sweep(tmp_path / "sw", THREE_SEEDS, paper=PAPER, report={"baseline": {"model.focal_levels": 2}})
+    r = invoke("report", str(sw))
+    assert r.returncode == 0, r.stderr
+    md = (sw / "report" / "report.md").read_text()
+    assert md.strip() in r.stdout
+    assert "t-interval over seeds (scipy.stats.t)" in md
+    lo, hi = sps.t.interval(0.95, 2, loc=71.0, scale=sps.sem([70.0, 72.0, 71.0]))
+    assert ["0", "71.00", f"[{lo:.2f}, {hi:.2f}]", "0.50", "0.0140", "3"] in cells_of(md)
+    d = np.subtract(THREE_SEEDS[0], THREE_SEEDS[2])
+    p = sps.ttest_rel(THREE_SEEDS[0], THREE_SEEDS[2]).pvalue
+    dlo, dhi = sps.t.interval(0.95, 2, loc=d.mean(), scale=sps.sem(d))
+    assert ["0", "75.70", "-6.40", "71.00", f"{d.mean():+.2f}", f"[{dlo:+.2f}, {dhi:+.2f}]",
+                     f"{p:.3f}", "yes", str(int(seeds_for_power(d.mean(), d.std(ddof=1)))), "yes"] in cells_of(md)
+    # level 1: the paper has -0.1, ours is +0.33 [-0.38, +1.05]: the direction disagrees, not distinguishably
+    assert ["1", "82.00", "-0.10", "81.50", "+0.33", "[-0.38, +1.05]", "0.184", "no", "9", "no"] in cells_of(md)
+    assert ["2", "82.10", "baseline", "81.17", "baseline", "", "", "", "", ""] in cells_of(md)
+    assert "Direction agrees with the paper for 1 of 2 arms (1 of them distinguishable at these seeds)." in md
+    assert "paper: Yang et al. 2022, Table 14 (top-1 (%)); 3 of 3 arms" in md
+    tex = (sw / "report" / "report.tex").read_text()
+    assert tex.count(r"\toprule") == 2 and r"paper $\Delta$" in tex and r"95\% CI" in tex
+    for f in ("top1_vs_model_focal_levels.png", "top1_vs_gmacs.png", "top1_delta_vs_baseline.png"):
+        from PIL import Image
+
+        img = np.asarray(Image.open(sw / "report" / f).convert("L"), dtype=float)
+        assert img.std() > 10, f
+
+
+def test_report_bootstrap_and_baseline_from_the_command_line(tmp_path):
+    sw = synthetic_sweep(tmp_path / "sw", THREE_SEEDS)
+    r = invoke("report", str(sw), "--ci", "bootstrap", "--baseline", "model.focal_levels=0")
+    assert r.returncode == 0, r.stderr
+    assert "percentile bootstrap over seeds" in r.stdout and "Δ = arm − baseline (model.focal_levels=0)" in r.stdout
+    assert "paper" not in r.stdout.split("##", 1)[1]
+    bad = invoke("report", str(sw), "--baseline", "model.focal_level=0")
+    assert bad.returncode == 2 and "--baseline" in bad.stderr and "did you mean 'model.focal_levels'" in bad.stderr
+    bad = invoke("report", str(sw), "--baseline", "model.focal_levels=5")
+    assert bad.returncode == 2 and "matches no finished arm" in bad.stderr and len(bad.stderr.splitlines()) == 1
+
+
+def test_one_seed_says_so_in_one_line_and_prints_no_nan(tmp_path):
+    sw = synthetic_sweep(tmp_path / "sw", {0: [70.0], 1: [80.0], 2: [None]}, paper=PAPER,
+                         report={"baseline": {"model.focal_levels": 1}})
+    r = invoke("report", str(sw))
+    assert r.returncode == 0, r.stderr
+    assert "1 of 3 runs" not in r.stdout and "2 of 3 runs done" in r.stdout
+    assert r.stdout.count("One seed per arm: no intervals") == 1
+    assert "nan" not in r.stdout.lower() and "95% CI" not in r.stdout
+    assert ["0", "75.70", "-6.30", "70.00", "-10.00", "yes"] in cells_of(r.stdout)
+
+
+def test_report_without_spec_sections_still_reports(tmp_path):
+    sw = synthetic_sweep(tmp_path / "sw", THREE_SEEDS)
+    (sw / "spec.yaml").unlink()  # a sweep dir from before the report sections
+    r = invoke("report", str(sw))
+    assert r.returncode == 0 and "##" not in r.stdout
+    assert cells_of(r.stdout)[0] == ["model.focal_levels", "top-1 (%)", "95% CI", "params (M)", "GMACs", "seeds"]

@@ -272,7 +272,9 @@ def test_collect_and_report(local_sweep):
     assert pd.read_csv(tmp / "sw" / "results.csv").shape == df.shape
     files = report(tmp / "sw", formats=("png", "pdf"))
     md = files["markdown"].read_text()
-    assert "| model.focal_levels | train.lr | top-1 (%)" in md and md.count("\n| ") == 3  # header + 2 done groups
+    rows = [line.strip("|").split("|") for line in md.splitlines() if line.startswith("| ")]
+    assert [c.strip() for c in rows[0][:3]] == ["model.focal_levels", "train.lr", "top-1 (%)"]
+    assert len(rows) == 3  # header + 2 done groups
     assert r"\toprule" in files["latex"].read_text()
     from PIL import Image
     import numpy as np

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import ConfigError
 from .backends import backend_names, get_backend, register_backend, resolve_backend
-from .collect import collect, report, summarize
+from .collect import collect, summarize
+from .reporting import report
 from .follow import SETTLED, DryRun, dry_run, wait
 from .spec import Run, SweepSpec, axis_keys, expand, load_spec, parse_spec
 from .status import RunState, counts, run_states

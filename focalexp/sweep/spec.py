@@ -80,7 +80,7 @@ class _Metrics:
         return iter(METRICS)
 
     def __contains__(self, value: object) -> bool:
-        return value in list(self)
+        return value is None or value in list(self)  # None: an Optional field left unset
 
 
 @dataclass

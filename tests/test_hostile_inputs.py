@@ -273,6 +273,33 @@ case("spec-mem-negative", ["sweep", "{tmp}/s.yaml"], "launcher.mem_gb", ">= 0",
 case("spec-data-root-missing", ["sweep", "{tmp}/s.yaml"], "data.root", "not a directory",
      setup=spec_file(base={**spec()["base"], "data": {"dataset": "imagefolder", "root": "/nonexistent/x"}}))
 
+case("spec-report-baseline-not-an-axis", ["sweep", "{tmp}/s.yaml"], "report.baseline.model.focal_level",
+     "did you mean 'model.focal_levels'", setup=spec_file(report={"baseline": {"model.focal_level": 1}}))
+case("spec-report-baseline-no-such-value", ["sweep", "{tmp}/s.yaml"], "report.baseline.model.focal_levels",
+     "not a value", setup=spec_file(report={"baseline": {"model.focal_levels": 9}}))
+case("spec-report-baseline-a-list", ["sweep", "{tmp}/s.yaml"], "report.baseline", "expected a mapping",
+     setup=spec_file(report={"baseline": [1]}))
+case("spec-report-metric-unknown", ["sweep", "{tmp}/s.yaml"], "report.metric", "did you mean 'top1'",
+     setup=spec_file(report={"metric": "top-1"}))
+case("spec-paper-unknown-key", ["sweep", "{tmp}/s.yaml"], "paper.value", "did you mean 'paper.values'",
+     setup=spec_file(paper={"source": "Table 14", "value": []}))
+case("spec-paper-no-source", ["sweep", "{tmp}/s.yaml"], "paper.source",
+     setup=spec_file(paper={"values": [{"match": {"model.focal_levels": 1}, "value": 82.0}]}))
+case("spec-paper-value-text", ["sweep", "{tmp}/s.yaml"], "paper.values[0].value", "expected a number",
+     setup=spec_file(paper={"source": "T", "values": [{"match": {"model.focal_levels": 1}, "value": "82.0%"}]}))
+case("spec-paper-value-nan", ["sweep", "{tmp}/s.yaml"], "paper.values[0].value", "expected a number",
+     setup=write("s.yaml", yaml.safe_dump(spec(), sort_keys=False) + "paper: {source: T, values: "
+                 "[{match: {model.focal_levels: 1}, value: .nan}]}\n"))
+case("spec-paper-match-not-an-axis", ["sweep", "{tmp}/s.yaml"], "paper.values[0].match.model.gating", "not an axis",
+     setup=spec_file(paper={"source": "T", "values": [{"match": {"model.gating": "none"}, "value": 1.0}]}))
+case("spec-paper-match-empty", ["sweep", "{tmp}/s.yaml"], "paper.values[0].match", "expected a mapping",
+     setup=spec_file(paper={"source": "T", "values": [{"match": {}, "value": 1.0}]}))
+case("spec-paper-two-values-one-arm", ["sweep", "{tmp}/s.yaml"], "paper.values[1].match", "already has",
+     setup=spec_file(paper={"source": "T", "values": [{"match": {"model.focal_levels": 1}, "value": 1.0},
+                                                      {"match": {"model.focal_levels": 1}, "value": 2.0}]}))
+case("report-baseline-not-an-axis", ["report", "{tmp}/sw", "--baseline", "model.focal_level=1"], "--baseline",
+     "did you mean 'model.focal_levels'", setup=sweep_dir(GOOD_MANIFEST))
+
 # -- sweep flags
 case("sweep-dir-is-a-file", ["sweep", "{tmp}/s.yaml", "--dir", "{tmp}/f.txt"], "--dir", "is a file",
      setup=both(spec_file(), write("f.txt", "x")))

@@ -222,7 +222,7 @@ def test_report_bootstrap_and_baseline_from_the_command_line(tmp_path):
     bad = invoke("report", str(sw), "--baseline", "model.focal_level=0")
     assert bad.returncode == 2 and "--baseline" in bad.stderr and "did you mean 'model.focal_levels'" in bad.stderr
     bad = invoke("report", str(sw), "--baseline", "model.focal_levels=5")
-    assert bad.returncode == 2 and "matches no finished arm" in bad.stderr and len(bad.stderr.splitlines()) == 1
+    assert bad.returncode == 2 and "matches no arm of the sweep; values: model.focal_levels: 0, 1, 2" in bad.stderr and len(bad.stderr.splitlines()) == 1
 
 
 def test_one_seed_says_so_in_one_line_and_prints_no_nan(tmp_path):

@@ -55,8 +55,8 @@ def sweep_figures(df, tables, units, out: Path, formats: tuple[str, ...]) -> dic
         hi = (arms["hi"] - arms["mean"]).fillna(0).clip(lower=0)
         ax.errorbar(g["mean"], arms["mean"], yerr=[lo, hi], fmt="o", color="C3", capsize=3,
                     label="mean, 95% CI" if several else "one run")
-        for (_, r), x, y in zip(arms.iterrows(), g["mean"], arms["mean"]):
-            ax.annotate(", ".join(f"{k.split('.')[-1]}={r[k]}" for k in keys), (x, y),
+        for i, x, y in zip(arms.index, g["mean"], arms["mean"]):
+            ax.annotate(", ".join(f"{k.split('.')[-1]}={arms.at[i, k]}" for k in keys), (x, y),
                         textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.margins(x=0.2, y=0.1)
         ax.set_xlabel("GMACs per image (fvcore)")
@@ -67,7 +67,7 @@ def sweep_figures(df, tables, units, out: Path, formats: tuple[str, ...]) -> dic
     paired = tables.paired
     if paired is not None and (~paired["is_baseline"] & paired["delta"].notna()).any():
         rows = paired[~paired["is_baseline"] & paired["delta"].notna()]
-        labels = [", ".join(f"{k.split('.')[-1]}={r[k]}" for k in keys) for _, r in rows.iterrows()]
+        labels = [", ".join(f"{k.split('.')[-1]}={rows.at[i, k]}" for k in keys) for i in rows.index]
         fig, ax = plt.subplots(figsize=(5.2, 0.45 * len(rows) + 1.4))
         y = list(range(len(rows)))[::-1]
         lo = (rows["delta"] - rows["lo"]).fillna(0).clip(lower=0)

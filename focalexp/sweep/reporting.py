@@ -18,6 +18,7 @@ from ..config import build, load_yaml
 from ..errors import ConfigError, did_you_mean
 from . import stats
 from .collect import METRICS, collect
+from .collect import axis_cell as collect_cell
 from .spec import PaperResults, ReportOptions
 from .store import SweepDir
 
@@ -78,8 +79,8 @@ def _check_baseline(baseline: Mapping[str, Any], arms: list[dict[str, Any]], axe
                               key=key)
     if arms and not any(stats.matches(a, baseline) for a in arms):
         shown = ", ".join(f"{k}={v}" for k, v in baseline.items())
-        values = {k: sorted({str(a[k]) for a in arms}) for k in baseline}
-        raise ConfigError(f"{shown} matches no finished arm; values: " + "; ".join(
+        values = {k: list(dict.fromkeys(str(collect_cell(a.get(k))) for a in arms)) for k in baseline}
+        raise ConfigError(f"{shown} matches no arm of the sweep; values: " + "; ".join(
             f"{k}: {', '.join(v)}" for k, v in values.items()), key=key)
 
 
@@ -177,7 +178,7 @@ def build_tables(df, *, method: str = "t", baseline: Mapping[str, Any] | None = 
     arms = [dict(zip(axes, r)) for r in prim[axes].itertuples(index=False, name=None)] if axes else [{}]
     paired = None
     if baseline:
-        _check_baseline(baseline, arms, axes, baseline_key)
+        _check_baseline(baseline, [], axes, baseline_key)  # the axes; values that match no finished arm: a note
         try:
             paired = stats.paired_vs_baseline(df, metric, baseline, axes, units, method)
         except ValueError as e:
@@ -305,6 +306,9 @@ def report(sweep_dir: str | Path, formats: tuple[str, ...] = ("png",), *, ci: st
     ``report:`` section; the spec's ``paper:`` values are put beside ours."""
     stats._check_method(ci)
     sweep = SweepDir(sweep_dir)
+    if baseline:  # checked before anything is written
+        manifest = sweep.manifest()
+        _check_baseline(baseline, [r["axes"] for r in manifest["runs"]], manifest["axes"], "--baseline")
     df = collect(sweep_dir)
     options, paper, units = spec_sections(sweep)
     key = "--baseline" if baseline else "report.baseline"

@@ -203,7 +203,7 @@ def test_report_of_three_seeds_with_paper_and_baseline(tmp_path):
     assert ["1", "82.00", "-0.10", "81.50", "+0.33", "[-0.38, +1.05]", "0.184", "no", "9", "no"] in cells_of(md)
     assert ["2", "82.10", "baseline", "81.17", "baseline", "", "", "", "", ""] in cells_of(md)
     assert "Direction agrees with the paper for 1 of 2 arms (1 of them distinguishable at these seeds)." in md
-    assert "paper: Yang et al. 2022, Table 14 (top-1 (%)); 3 of 3 arms" in md
+    assert "paper: Yang et al. 2022, Table 14, top-1 (%); 3 of 3 arms" in md
     tex = (sw / "report" / "report.tex").read_text()
     assert tex.count(r"\toprule") == 2 and r"paper $\Delta$" in tex and r"95\% CI" in tex
     for f in ("top1_vs_model_focal_levels.png", "top1_vs_gmacs.png", "top1_delta_vs_baseline.png"):
@@ -242,3 +242,39 @@ def test_report_without_spec_sections_still_reports(tmp_path):
     r = invoke("report", str(sw))
     assert r.returncode == 0 and "##" not in r.stdout
     assert cells_of(r.stdout)[0] == ["model.focal_levels", "top-1 (%)", "95% CI", "params (M)", "GMACs", "seeds"]
+
+
+SHIPPED = sorted(str(p.relative_to(REPO / "experiments")) for p in (REPO / "experiments").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_spec_has_the_papers_numbers_and_a_report_that_checks_them(name, tmp_path):
+    """A sweep of each shipped spec whose runs scored exactly the paper's numbers (three seeds, the same
+    seed noise in every arm): every arm with a published number gets it beside ours, and wherever the
+    paper's Δ is not 0 our direction agrees."""
+    from focalexp.sweep import SweepDir, expand, load_spec
+    from focalexp.sweep.stats import matches
+
+    spec = load_spec(REPO / "experiments" / name, {"seeds": [0, 1, 2]})
+    assert spec.paper is not None and spec.paper.source.startswith("Yang et al. 2022, Table ")
+    assert spec.report.baseline
+    runs = expand(spec, check_data_present=False)
+    sweep = SweepDir(tmp_path / "sw")
+    sweep.write_manifest(spec, runs, "local")
+    noise = [0.0, 0.3, -0.2]
+    for r in runs:
+        v = next((pv.value for pv in spec.paper.values if matches(r.axes, pv.match)), 50.0)
+        (sweep.run_dir(r.run_id) / "result.json").write_text(json.dumps({"status": "done", "top1": v + noise[r.seed]}))
+    files = invoke("report", str(sweep.path), "--fig-format", "svg") if name == "focal_levels.yaml" else None
+    from focalexp.sweep import report
+
+    md = report(sweep.path, formats=()) and (sweep.path / "report" / "report.md").read_text()
+    arms = len({tuple(map(str, r.axes.values())) for r in runs})
+    assert f"{len(spec.paper.values)} of {arms} arms have a published number" in md
+    with_delta = [pv for pv in spec.paper.values if not matches(pv.match, spec.report.baseline)]
+    agree = md.split("Direction agrees with the paper for ")[1].split(" arms")[0]
+    k, n = agree.split(" of ")
+    assert k == n and int(n) >= 1 and int(n) <= len(with_delta)
+    assert not any(row[-1] == "no" for row in cells_of(md)) and "nan" not in md.lower()  # direction column
+    if files is not None:
+        assert files.returncode == 0 and (sweep.path / "report" / "top1_delta_vs_baseline.svg").exists()

@@ -225,7 +225,7 @@ def build_tables(df, *, method: str = "t", baseline: Mapping[str, Any] | None = 
     out.comparison = comp
     notes = out.comparison_notes
     if paper is not None:
-        notes.append(f"paper: {paper.source} ({label}); {len(paper_of)} of {len(arms)} arms have a published number.")
+        notes.append(f"paper: {paper.source}, {label}; {len(paper_of)} of {len(arms)} arms have a published number.")
     if paired is not None:
         shown = ", ".join(f"{k}={v}" for k, v in baseline.items())
         notes.append(f"Δ = arm − baseline ({shown}" + (", within each value of the other axes" if
@@ -279,9 +279,11 @@ def _latex(table, n_axes: int) -> str:
     return tex
 
 
-def _md(table) -> str:
-    """A markdown table of a table of strings; cells stay as written ("0.50", "+1.20", "—")."""
-    return table.to_markdown(index=False, disable_numparse=True)
+def _md(table, n_axes: int) -> str:
+    """A markdown table of a table of strings, cells as written ("0.50", "+1.20", "—"): axes left-aligned,
+    numbers right."""
+    align = ("left",) * n_axes + ("right",) * (len(table.columns) - n_axes)
+    return table.to_markdown(index=False, disable_numparse=True, colalign=align)
 
 
 def markdown(t: ReportTables) -> str:
@@ -289,12 +291,12 @@ def markdown(t: ReportTables) -> str:
     if t.arms is None:
         parts += t.notes
         return "\n".join(parts) + "\n"
-    parts += t.notes + ["", _md(t.arms)]
+    parts += t.notes + ["", _md(t.arms, len(t.axes))]
     if t.comparison is not None:
         head = f"## {METRICS[t.metric]}: " + ("against the baseline" if t.paired is not None else "")
         if any("paper:" in n for n in t.comparison_notes):
             head += (" and " if t.paired is not None else "") + "beside the paper"
-        parts += ["", head, "", *t.comparison_notes, "", _md(t.comparison)]
+        parts += ["", head, "", *t.comparison_notes, "", _md(t.comparison, len(t.axes))]
     return "\n".join(parts) + "\n"
 
 
@@ -325,8 +327,9 @@ def report(sweep_dir: str | Path, formats: tuple[str, ...] = ("png",), *, ci: st
         tex += ["", *(f"% {n}" for n in t.comparison_notes), _latex(t.comparison, len(t.axes))]
     (out / "report.tex").write_text("\n".join(tex))
     files["latex"] = out / "report.tex"
-    from .plots import sweep_figures
+    if formats:
+        from .plots import sweep_figures
 
-    files.update(sweep_figures(df, t, units, out, formats))
+        files.update(sweep_figures(df, t, units, out, formats))
     return files
 

@@ -132,6 +132,7 @@ PAPER = {"source": "Yang et al. 2022, Table 14", "metric": "top1",
     ({"report": {"basline": {}}}, "unknown key 'report.basline' (did you mean 'report.baseline'?)"),
     ({"paper": {**PAPER, "metric": "top_1"}}, "paper.metric: unknown value 'top_1' (did you mean 'top1'?)"),
     ({"paper": {**PAPER, "source": ""}}, "paper.source:"),
+    ({"paper": PAPER, "report": {"metric": "top5"}}, "report.metric: 'top5', but paper.metric is 'top1'"),
     ({"paper": {**PAPER, "values": [{"match": {"model.focal_levels": 9}, "value": 1.0}]}},
      "paper.values[0].match.model.focal_levels: 9 is not a value"),
     ({"paper": {**PAPER, "values": [{"match": {"model.focal_levels": 1}, "valeu": 1.0}]}},
@@ -278,3 +279,19 @@ def test_every_shipped_spec_has_the_papers_numbers_and_a_report_that_checks_them
     assert not any(row[-1] == "no" for row in cells_of(md)) and "nan" not in md.lower()  # direction column
     if files is not None:
         assert files.returncode == 0 and (sweep.path / "report" / "top1_delta_vs_baseline.svg").exists()
+
+
+def test_build_tables_notes_a_missing_baseline_and_a_paper_of_another_metric():
+    from focalexp.sweep.spec import PaperResults, PaperValue
+    from focalexp.sweep.reporting import build_tables
+
+    df = levels_frame({0: [70.0, 71.0], 1: [80.0, 81.0], 2: [None, None]})
+    df.loc[df["top1"].isna(), "status"] = "failed"
+    df["images_per_s"] = 100.0
+    df.attrs["name"] = "t"
+    t = build_tables(df, baseline={"model.focal_levels": 2})
+    assert "The baseline (model.focal_levels=2) has no finished run: no differences." in t.comparison_notes
+    assert t.paired["delta"].isna().all() and list(t.comparison["ours Δ"]) == ["—", "—"]
+    paper = PaperResults(source="Table 14", metric="top1", values=[PaperValue({"model.focal_levels": 0}, 75.7)])
+    t = build_tables(df, metric="images_per_s", paper=paper)
+    assert any("are of top-1 (%), not images/s: not shown" in n for n in t.notes) and t.comparison is None

@@ -144,6 +144,10 @@ def build_tables(df, *, method: str = "t", baseline: Mapping[str, Any] | None = 
     elif metric not in metrics:
         raise ConfigError(f"no finished run reports {metric!r}; metrics here: {', '.join(metrics)}", key="report.metric")
     out.metric = metric
+    if paper is not None and paper.metric != metric:
+        out.notes.append(f"The paper's numbers ({paper.source}) are of {METRICS[paper.metric]}, not "
+                         f"{METRICS[metric]}: not shown.")
+        paper = None
     prim = stats.arm_stats(df, metric, axes, method)
     out.arm_numbers = prim
     several = bool((prim["n"] > 1).any())
@@ -308,11 +312,11 @@ def report(sweep_dir: str | Path, formats: tuple[str, ...] = ("png",), *, ci: st
     ``report:`` section; the spec's ``paper:`` values are put beside ours."""
     stats._check_method(ci)
     sweep = SweepDir(sweep_dir)
-    if baseline:  # checked before anything is written
-        manifest = sweep.manifest()
+    manifest = sweep.manifest()  # everything is checked before anything is written
+    if baseline:
         _check_baseline(baseline, [r["axes"] for r in manifest["runs"]], manifest["axes"], "--baseline")
-    df = collect(sweep_dir)
     options, paper, units = spec_sections(sweep)
+    df = collect(sweep_dir)
     key = "--baseline" if baseline else "report.baseline"
     t = build_tables(df, method=ci, baseline=baseline or options.baseline, metric=metric or options.metric,
                      paper=paper, units=units, baseline_key=key)

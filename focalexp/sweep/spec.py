@@ -300,6 +300,9 @@ def _check_report_sections(spec: SweepSpec, check_points: bool = True) -> None:
         check_match(spec, spec.report.baseline, "report.baseline", check_points)
     if spec.paper is None:
         return
+    if spec.report.metric is not None and spec.report.metric != spec.paper.metric:
+        raise ConfigError(f"{spec.report.metric!r}, but paper.metric is {spec.paper.metric!r}; the report compares "
+                          "one metric with the paper's", key="report.metric")
     if not spec.paper.source.strip():
         raise ConfigError("say where the numbers are from, e.g. 'Yang et al. 2022, Table 14'", key="paper.source")
     if not spec.paper.values:

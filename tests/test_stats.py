@@ -60,7 +60,8 @@ def test_seeds_for_power_matches_published_sample_sizes(dz, n):
 
 def test_seeds_for_power_edges():
     assert seeds_for_power(0.0, 1.0) == math.inf
-    assert math.isnan(seeds_for_power(1.0, 0.0))
+    assert seeds_for_power(1.0, 0.0) == 2 and seeds_for_power(0.0, 0.0) == math.inf
+    assert math.isnan(seeds_for_power(math.nan, 1.0))
 
 
 def test_arm_stats_mean_sd_interval_per_arm():

@@ -278,7 +278,7 @@ def _latex(table, n_axes: int) -> str:
     """A booktabs tabular of a table of strings (pandas Styler): axes left-aligned, numbers right."""
     styler = table.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
     tex = styler.to_latex(hrules=True, column_format="l" * n_axes + "r" * (len(table.columns) - n_axes))
-    for a, b in (("±", r"$\pm$"), ("Δ", r"$\Delta$"), ("−", "-"), ("—", "--"), ("α", r"$\alpha$")):
+    for a, b in (("±", r"$\pm$"), ("Δ", r"$\Delta$"), ("−", "-"), ("—", "--"), ("α", r"$\alpha$"), ("< ", "$<$ ")):
         tex = tex.replace(a, b)
     return tex
 

@@ -68,14 +68,17 @@ def seeds_for_power(mean_diff: float, sd_diff: float, power: float = POWER, alph
     """Smallest n (pairs, i.e. seeds) at which a two-sided paired t-test at ``alpha`` detects a true mean
     difference ``mean_diff`` with paired-difference sd ``sd_diff`` with probability ``power``:
     ``P(|T| > t_{1-α/2, n-1})`` with ``T ~ nct(n-1, (mean_diff/sd_diff)·√n)``. ``inf`` when the difference
-    is 0 (or more than :data:`MAX_SEEDS` are needed), ``nan`` when the sd is 0 or unknown."""
+    is 0 (or more than :data:`MAX_SEEDS` are needed), 2 (the fewest a t-test takes) when the differences do
+    not vary, ``nan`` when unknown."""
     from scipy import stats
 
-    if any(v is None or math.isnan(v) for v in (mean_diff, sd_diff)) or sd_diff <= 0:
+    if any(v is None or math.isnan(v) for v in (mean_diff, sd_diff)) or sd_diff < 0:
         return math.nan
-    dz = abs(mean_diff) / sd_diff
-    if dz == 0:
+    if mean_diff == 0:
         return math.inf
+    if sd_diff == 0:
+        return 2.0
+    dz = abs(mean_diff) / sd_diff
 
     def pw(n: int) -> float:
         df = n - 1

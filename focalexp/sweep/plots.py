@@ -11,7 +11,7 @@ from . import stats
 from .collect import METRICS
 
 
-def sweep_figures(df, tables, units, out: Path, formats: tuple[str, ...]) -> dict[str, Path]:
+def sweep_figures(df, tables, out: Path, formats: tuple[str, ...]) -> dict[str, Path]:
     """Figures of the report ``tables`` (:class:`focalexp.sweep.reporting.ReportTables`) into ``out``."""
     import matplotlib
 

@@ -194,38 +194,39 @@ def build_tables(df, *, method: str = "t", baseline: Mapping[str, Any] | None = 
             hits = [pv.value for pv in paper.values if stats.matches(arm, pv.match)]
             if hits:
                 paper_of[i] = hits[0]
-    comp = prim[axes].copy() if axes else pd.DataFrame(index=prim.index)
-    for a in axes:
-        comp[a] = comp[a].astype(str)
-    if paper is not None:
-        comp["paper"] = [_num(paper_of.get(i, math.nan), metric, d) for i in range(len(arms))]
     paper_delta: dict[int, float] = {}
     if paired is not None and paper is not None:
         for i, b in enumerate(paired["baseline"]):
-            if b is not None and not (isinstance(b, float) and math.isnan(b)) and int(b) != i \
-                    and i in paper_of and int(b) in paper_of:
+            if _index(b) is not None and int(b) != i and i in paper_of and int(b) in paper_of:
                 paper_delta[i] = paper_of[i] - paper_of[int(b)]
-        comp["paper Δ"] = [("baseline" if _is_base(paired, i) else _num(paper_delta.get(i, math.nan), metric, d,
-                                                                           signed=True)) for i in range(len(arms))]
     out.paper_deltas = paper_delta
-    comp["ours"] = [_num(m, metric, d) for m in prim["mean"]]
-    if paired is not None:
-        comp["ours Δ"] = ["baseline" if _is_base(paired, i) else _num(paired.loc[i, "delta"], metric, d, signed=True)
-                          for i in range(len(arms))]
-        if several:
-            comp["95% CI of Δ"] = ["" if _is_base(paired, i) else (
-                f"[{_num(paired.loc[i, 'lo'], metric, d, signed=True)}, {_num(paired.loc[i, 'hi'], metric, d, signed=True)}]"
-                if paired.loc[i, "n_pairs"] > 1 else f"{DASH} ({int(paired.loc[i, 'n_pairs'])} paired)")
-                for i in range(len(arms))]
-            comp["p (paired t)"] = ["" if _is_base(paired, i) else _p(paired.loc[i, "p"]) for i in range(len(arms))]
-            comp["distinguishable"] = ["" if _is_base(paired, i) else (
-                ("yes" if paired.loc[i, "distinguishable"] else "no") if paired.loc[i, "n_pairs"] > 1 else DASH)
-                for i in range(len(arms))]
-            comp["seeds for 80% power"] = ["" if _is_base(paired, i) else _seeds(paired.loc[i, "seeds_needed"])
-                                           for i in range(len(arms))]
+
+    def row(i: int) -> dict[str, str]:
+        """One arm's cells of the comparison table."""
+        r = {a: str(arms[i][a]) for a in axes}
+        base = paired is not None and bool(paired.loc[i, "is_baseline"])
         if paper is not None:
-            comp["direction agrees"] = [_direction(paper_delta.get(i), paired.loc[i, "delta"], _is_base(paired, i))
-                                        for i in range(len(arms))]
+            r["paper"] = _num(paper_of.get(i, math.nan), metric, d)
+            if paired is not None:
+                r["paper Δ"] = "baseline" if base else _num(paper_delta.get(i, math.nan), metric, d, signed=True)
+        r["ours"] = _num(prim.loc[i, "mean"], metric, d)
+        if paired is None:
+            return r
+        p = paired.loc[i]
+        r["ours Δ"] = "baseline" if base else _num(p["delta"], metric, d, signed=True)
+        if several:
+            pairs = int(p["n_pairs"])
+            r["95% CI of Δ"] = "" if base else (
+                f"[{_num(p['lo'], metric, d, signed=True)}, {_num(p['hi'], metric, d, signed=True)}]" if pairs > 1
+                else f"{DASH} ({pairs} paired)")
+            r["p (paired t)"] = "" if base else _p(p["p"])
+            r["distinguishable"] = "" if base else (("yes" if p["distinguishable"] else "no") if pairs > 1 else DASH)
+            r["seeds for 80% power"] = "" if base else _seeds(p["seeds_needed"])
+        if paper is not None:
+            r["direction agrees"] = _direction(paper_delta.get(i), p["delta"], base)
+        return r
+
+    comp = pd.DataFrame([row(i) for i in range(len(arms))])
     out.comparison = comp
     notes = out.comparison_notes
     if paper is not None:
@@ -254,12 +255,13 @@ def build_tables(df, *, method: str = "t", baseline: Mapping[str, Any] | None = 
     return out
 
 
-def _is_base(paired, i: int) -> bool:
-    return bool(paired.loc[i, "is_baseline"])
+def _index(b: Any) -> int | None:
+    """A baseline index of :func:`stats.paired_vs_baseline` (pandas may hold None as NaN)."""
+    return None if b is None or (isinstance(b, float) and math.isnan(b)) else int(b)
 
 
 def _stratified(paired) -> bool:
-    return len({b for b in paired["baseline"] if b is not None and not (isinstance(b, float) and math.isnan(b))}) > 1
+    return len({_index(b) for b in paired["baseline"]} - {None}) > 1
 
 
 def _direction(paper_delta: float | None, ours: float, is_base: bool) -> str:
@@ -334,6 +336,6 @@ def report(sweep_dir: str | Path, formats: tuple[str, ...] = ("png",), *, ci: st
     if formats:
         from .plots import sweep_figures
 
-        files.update(sweep_figures(df, t, units, out, formats))
+        files.update(sweep_figures(df, t, out, formats))
     return files
 

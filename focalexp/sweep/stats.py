@@ -105,10 +105,6 @@ def _done(df, metric: str):
     return d[d[metric].notna()] if metric in d.columns else d.iloc[0:0]
 
 
-def _key(row: Mapping[str, Any] | Sequence[Any], axes: Sequence[str]) -> tuple:
-    return tuple(row[a] for a in axes) if isinstance(row, Mapping) else tuple(row)
-
-
 def arm_stats(df, metric: str, axes: Sequence[str] | None = None, method: str = "t"):
     """One row per arm (in the order the arms first appear): the axes, ``n`` (seeds with a value),
     ``mean``, ``sd`` and the 95% interval ``lo``/``hi`` of ``metric`` over seeds (done runs only; NaN

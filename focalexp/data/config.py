@@ -82,6 +82,7 @@ def fashion_mnist_files(cfg: DataConfig) -> dict[str, tuple[Path, Path]]:
     install = (f"install it with `apt-get install {FASHION_MNIST_PACKAGE}` or point data.root at a folder "
                f"holding {', '.join(n + '[.gz]' for pair in FASHION_MNIST_FILES.values() for n in pair)}")
     root = resolve_root(cfg, default=FASHION_MNIST_ROOT, missing=f"no Fashion-MNIST: {{root}} is not a directory; {install}")
+    root = root.resolve()  # '..' and links in the root itself are fine; the files must then lie inside it
     out: dict[str, tuple[Path, Path]] = {}
     for split, names in FASHION_MNIST_FILES.items():
         pair = []

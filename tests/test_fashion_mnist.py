@@ -54,6 +54,15 @@ def test_idx_round_trip(tmp_path, compress):
     np.testing.assert_array_equal(read_idx(py, 1, (7,), 100), y)
 
 
+def test_idx_reads_like_torchvision(tmp_path):
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    x, y = hostile.fashion_arrays(9, seed=3)
+    px, py = _write(tmp_path, hostile.idx_bytes(x), "x"), _write(tmp_path, hostile.idx_bytes(y), "y")
+    np.testing.assert_array_equal(read_idx(px, 3, (None, 28, 28), 100), read_image_file(str(px)).numpy())
+    np.testing.assert_array_equal(read_idx(py, 1, (None,), 100), read_label_file(str(py)).numpy())
+
+
 X7, Y7 = hostile.fashion_arrays(7)
 GOOD = hostile.idx_bytes(X7)
 BAD_IDX = {  # name: (file contents, words the one-line error holds)

@@ -30,7 +30,8 @@ FASHION_MNIST_MAX_ITEMS = 1_000_000  # a file may hold fewer items than the real
 
 @dataclass
 class DataConfig:
-    dataset: str = opt("pathfinder", "pathfinder (built in), imagefolder (root/train, root/val), cifar10, cifar100",
+    dataset: str = opt("pathfinder", "pathfinder (built in), imagefolder (root/train, root/val), cifar10, cifar100, "
+                       "fashion_mnist (apt-get install dataset-fashion-mnist)",
                        choices=DATASETS)
     root: Optional[str] = opt(None, "data root; $VARS are expanded (imagefolder, cifar; fashion_mnist: default "
                                     f"{FASHION_MNIST_ROOT})")

@@ -200,7 +200,8 @@ def _complete_model(cfg: RunConfig, data_present: bool = True) -> None:
     chans = input_channels(cfg.data)
     if chans[0] != 3:  # a grayscale dataset: its own channel count unless the model asks for 3
         m.setdefault("in_chans", chans[0])
-    if m.get("in_chans", 3) not in chans:
+    in_chans = m.get("in_chans", 3)
+    if isinstance(in_chans, int) and not isinstance(in_chans, bool) and in_chans not in chans:  # types: the model's check
         raise ConfigError(f"{m['in_chans']}, but {cfg.data.dataset} images feed "
                           f"{' or '.join(map(str, chans))} (grayscale is repeated to 3)" if len(chans) > 1 else
                           f"{m['in_chans']}, but {cfg.data.dataset} images have {chans[0]} channels",

@@ -224,17 +224,24 @@ def test_real_data_is_normalised(real_root):
 
     from focalexp.data.build import build_data
 
-    b = build_data(DataConfig(dataset="fashion_mnist", img_size=28, augment=False, train_size=2000, val_size=2000), 0)
-    assert len(b.train) == 2000 and len(b.val) == 2000 and b.num_classes == 10
+    b = build_data(DataConfig(dataset="fashion_mnist", img_size=28, augment=False, train_size=1000, val_size=500), 0)
+    assert len(b.train) == 1000 and len(b.val) == 500 and b.num_classes == 10
     x = torch.stack([b.train[i][0] for i in range(len(b.train))])
-    assert x.shape == (2000, 3, 28, 28)  # build_data's default in_chans: 3
+    assert x.shape == (1000, 3, 28, 28)  # build_data's default in_chans: 3
     assert abs(x.mean().item()) < 0.05 and abs(x.std().item() - 1) < 0.05
     labels = [b.val[i][1] for i in range(len(b.val))]
     assert set(labels) == set(range(10))
-    aug = build_data(DataConfig(dataset="fashion_mnist", train_size=64), 0, in_chans=1)
+
+
+def test_augmentation_is_seeded_per_item(tmp_path):
+    from focalexp.data.build import build_data
+
+    root = hostile.fashion_root(tmp_path / "fm", n_train=20, n_val=10)
+    aug = build_data(DataConfig(dataset="fashion_mnist", root=str(root)), 0, in_chans=1)
     aug.train.set_epoch(1)
     first = aug.train[5][0]
     assert first.shape == (1, 32, 32) and (aug.train[5][0] == first).all()  # seeded per (seed, epoch, item)
+    assert any(not (aug.train[5][0] == first).all() for e in range(2, 12) if aug.train.set_epoch(e) is None)
 
 
 # -- one tiny training run through the CLI

@@ -14,6 +14,8 @@ demo: setup
 
 # As root, the SLURM tests get a real local cluster (installed and started by scripts/slurm-local.sh);
 # elsewhere they are skipped unless FOCALEXP_REQUIRE_SLURM=1 (CI), which makes a missing cluster fail.
+# Likewise the Fashion-MNIST tests need Debian's dataset-fashion-mnist (setup installs it as root) and skip
+# without it unless FOCALEXP_REQUIRE_DATA=1 (CI).
 test: setup
 	@if [ "$$(id -u)" = 0 ] && [ -z "$${FOCALEXP_NO_SLURM:-}" ]; then scripts/slurm-local.sh start; \
 	else echo "==> not root: the SLURM tests will skip (sudo scripts/slurm-local.sh start gives a cluster)"; fi

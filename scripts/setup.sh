@@ -22,4 +22,18 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     "$VENV/bin/python" -m pip install --quiet -e '.[test]'
     touch "$stamp"
 fi
+# Fashion-MNIST (data.dataset: fashion_mnist, experiments/fashion_focal_levels.yaml, its tests) is Debian's
+# dataset-fashion-mnist: installed here when this is root on a machine with apt and it is not installed yet,
+# quietly; set-up never fails for it (without it, those runs say how to install it and the tests skip)
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+        && [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+    echo "==> installing Fashion-MNIST (apt-get install dataset-fashion-mnist)"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; then
+        apt-get update -qq >/dev/null 2>&1 || true
+        apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \
+            || echo "==> could not install dataset-fashion-mnist with apt-get; the Fashion-MNIST runs and tests need it" >&2
+    fi
+fi
+
 echo "==> ready: $("$VENV/bin/python" -c 'import torch, timm, focalexp; print(f"focalexp {focalexp.__version__}, torch {torch.__version__}, timm {timm.__version__}")')"

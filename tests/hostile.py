@@ -141,3 +141,66 @@ def cifar_root(root: Path, marker: Path) -> Path:
                  "batches.meta"]:
         (d / name).write_bytes(payload)
     return root
+
+
+# -- IDX files (Fashion-MNIST): valid tiny ones and every way one can lie
+
+FASHION_NAMES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                 "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def idx_bytes(array, *, type_code: int = 0x08, dims: tuple[int, ...] | None = None, zero: bytes = b"\0\0") -> bytes:
+    """An IDX file of ``array`` (uint8): ``00 00 TT NN``, big-endian sizes (``dims`` may lie), the data."""
+    import numpy as np
+
+    a = np.ascontiguousarray(array, dtype=np.uint8)
+    dims = a.shape if dims is None else dims
+    return zero + bytes([type_code, len(dims)]) + struct.pack(f">{len(dims)}I", *dims) + a.tobytes()
+
+
+def gz(data: bytes) -> bytes:
+    import gzip
+
+    return gzip.compress(data, mtime=0)
+
+
+def fashion_arrays(n: int, seed: int = 0):
+    """``n`` random 28 x 28 images and labels 0-9."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), (np.arange(n) % 10).astype(np.uint8)
+
+
+def fashion_root(root: Path, n_train: int = 40, n_val: int = 20, compress: bool = True,
+                 replace: dict[str, bytes] | None = None) -> Path:
+    """A Fashion-MNIST folder of small valid IDX files (gzip'd or raw); ``replace``: file name -> contents
+    (a name without ``.gz`` replaces the file whichever way it is stored)."""
+    root.mkdir(parents=True, exist_ok=True)
+    replace = replace or {}
+    for split, n in (("train", n_train), ("val", n_val)):
+        x, y = fashion_arrays(n, seed=0 if split == "train" else 1)
+        for name, arr in zip(FASHION_NAMES[split], (x, y)):
+            data = replace.get(name, idx_bytes(arr))
+            (root / (f"{name}.gz" if compress else name)).write_bytes(gz(data) if compress and name not in replace
+                                                                       else data)
+    return root
+
+
+def gzip_claiming(declared_items: int, actual: bytes = b"") -> bytes:
+    """A small gzip'd images file whose header declares ``declared_items`` 28 x 28 images (a bomb's promise)."""
+    return gz(struct.pack(">4I", 0x00000803, declared_items, 28, 28) + actual)
+
+
+def gzip_bomb(n_declared: int = 2, inflated: int = 64 << 20) -> bytes:
+    """A valid header for ``n_declared`` images followed by ``inflated`` zero bytes: tiny on disk, huge inflated."""
+    import zlib
+
+    head = struct.pack(">4I", 0x00000803, n_declared, 28, 28)
+    c = zlib.compressobj(9, zlib.DEFLATED, 31)
+    out = [c.compress(head)]
+    block = bytes(1 << 20)
+    for _ in range(inflated >> 20):
+        out.append(c.compress(block))
+    out.append(c.flush())
+    return b"".join(out)

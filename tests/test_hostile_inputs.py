@@ -330,6 +330,69 @@ case("cifar-hostile-batches", [*TRAIN, "--set", "data.dataset=cifar10", "--set",
      setup=lambda tmp: hostile.cifar_root(tmp / "cifar", tmp / MARKER) and None)
 case("cifar-missing", [*TRAIN, "--set", "data.dataset=cifar10", "--set", "data.root={tmp}", "--out", "{tmp}/run"],
      "no cifar10")
+FM = [*TRAIN, "--set", "data.dataset=fashion_mnist", "--set", "data.root={tmp}/fm", "--out", "{tmp}/run"]
+FM_IMAGES, FM_LABELS = hostile.FASHION_NAMES["train"]
+
+
+def fashion(**replace: bytes) -> Callable[[Path], None]:
+    """A small Fashion-MNIST folder at tmp/fm; ``replace``: file name (``_`` for ``-``) -> contents."""
+    return lambda tmp: hostile.fashion_root(tmp / "fm", replace={k.replace("_", "-"): v for k, v in replace.items()}) and None
+
+
+def fashion_linked(target: Callable[[Path], str]) -> Callable[[Path], None]:
+    """tmp/fm with its training images replaced by a link to ``target(tmp)`` (a valid file outside fm)."""
+    def _setup(tmp: Path) -> None:
+        root = hostile.fashion_root(tmp / "fm")
+        (tmp / "outside.gz").write_bytes((root / f"{FM_IMAGES}.gz").read_bytes())
+        (root / f"{FM_IMAGES}.gz").unlink()
+        (root / f"{FM_IMAGES}.gz").symlink_to(target(tmp))
+    return _setup
+
+
+def fashion_fifo(tmp: Path) -> None:
+    import os
+
+    root = hostile.fashion_root(tmp / "fm")
+    (root / f"{FM_IMAGES}.gz").unlink()
+    os.mkfifo(root / FM_IMAGES)  # opening it would block for ever
+
+
+X2, _ = hostile.fashion_arrays(40)
+case("fashion-missing", FM, "data.root", "no Fashion-MNIST", "apt-get install dataset-fashion-mnist",
+     setup=lambda tmp: (tmp / "fm").mkdir())
+case("fashion-root-absent", FM, "data.root", "is not a directory", "apt-get install dataset-fashion-mnist")
+case("fashion-root-dotdot", [*FM[:-4], "--set", "data.root={tmp}/fm" + "/.." * 40, "--out", "{tmp}/run"],
+     "data.root", "no Fashion-MNIST at '/'", "apt-get install dataset-fashion-mnist", setup=fashion())
+case("fashion-truncated", FM, "data.root", FM_IMAGES, "not a valid IDX file", "truncated or corrupt",
+     setup=lambda tmp: (fashion()(tmp), (tmp / "fm" / f"{FM_IMAGES}.gz").write_bytes(
+         hostile.gz(hostile.idx_bytes(X2))[:-100])) and None)
+case("fashion-truncated-raw", FM, "data.root", FM_IMAGES, "header declares",
+     setup=fashion(train_images_idx3_ubyte=hostile.idx_bytes(X2)[:-1]))
+case("fashion-wrong-magic", FM, "data.root", "magic 504b0803",
+     setup=fashion(train_images_idx3_ubyte=b"PK" + hostile.idx_bytes(X2)[2:]))
+case("fashion-signed-bytes", FM, "data.root", "element type 0x09",
+     setup=fashion(train_images_idx3_ubyte=b"\0\0\x09\x03" + hostile.idx_bytes(X2)[4:]))
+case("fashion-huge-dims", FM, "data.root", "declares 4,000,000,000 items, more than the 1,000,000 allowed",
+     setup=fashion(train_images_idx3_ubyte=hostile.idx_bytes(X2, dims=(4_000_000_000, 28, 28))))
+case("fashion-gzip-declares-gigabytes", FM, "data.root", "more than a",
+     setup=fashion(train_images_idx3_ubyte=hostile.gzip_claiming(900_000)))
+case("fashion-gzip-bomb", FM, "data.root", "gzip says it inflates to",
+     setup=fashion(train_images_idx3_ubyte=hostile.gzip_bomb(2, 32 << 20)))
+case("fashion-label-out-of-range", FM, "data.root", "label 200 at item 0", "0-9",
+     setup=fashion(train_labels_idx1_ubyte=hostile.idx_bytes([200] + [1] * 39)))
+case("fashion-labels-count", FM, "data.root", FM_LABELS, "dimension 0 is 39, expected 40",
+     setup=fashion(train_labels_idx1_ubyte=hostile.idx_bytes([1] * 39)))
+case("fashion-link-out-absolute", FM, "data.root", "leads outside", setup=fashion_linked(lambda tmp: str(tmp / "outside.gz")))
+case("fashion-link-out-relative", FM, "data.root", "leads outside", setup=fashion_linked(lambda tmp: "../outside.gz"))
+case("fashion-link-to-device", FM, "data.root", "leads outside", setup=fashion_linked(lambda tmp: "/dev/zero"))
+case("fashion-fifo", FM, "data.root", "not a regular file", setup=fashion_fifo)
+case("fashion-in-chans", [*FM, "--set", "model.in_chans=2"], "model.in_chans", "1 or 3")
+case("pathfinder-in-chans-1", [*TRAIN, "--set", "model.in_chans=1", "--out", "{tmp}/run"], "model.in_chans",
+     "pathfinder images have 3 channels")
+FM_SPEC = spec()
+FM_SPEC["base"]["data"] = {"dataset": "fashion_mnist", "train_size": 64, "val_size": 32}
+case("sweep-fashion-missing", ["sweep", "{tmp}/s.yaml", "--set", "base.data.root={tmp}"], "run [", "data.root",
+     "apt-get install dataset-fashion-mnist", setup=yaml_file("s.yaml", FM_SPEC))
 case("dataset-unknown", [*TRAIN, "--set", "data.dataset=imagenet", "--out", "{tmp}/run"], "data.dataset",
      "did you mean 'imagefolder'")
 case("data-root-env-unset", [*TRAIN, "--set", "data.dataset=imagefolder", "--set",

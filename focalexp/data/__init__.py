@@ -1,1 +1,2 @@
-"""Datasets: the built-in Pathfinder-lite task, ImageFolder and CIFAR from a local root."""
+"""Datasets: the built-in Pathfinder-lite task, ImageFolder and CIFAR from a local root, Fashion-MNIST from
+Debian's dataset-fashion-mnist (IDX files read by :mod:`focalexp.data.idx`)."""

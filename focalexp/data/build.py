@@ -1,4 +1,4 @@
-"""Datasets for a run: the built-in Pathfinder-lite, ImageFolder (ImageNet layout), CIFAR-10/100.
+"""Datasets for a run: the built-in Pathfinder-lite, ImageFolder (ImageNet layout), CIFAR-10/100, Fashion-MNIST.
 
 Transforms come from timm (``create_transform``, RandAugment, RandomErasing) and torchvision. Every
 random augmentation of item ``i`` in epoch ``e`` is seeded by ``(seed, e, i)``: a run gives the same
@@ -18,8 +18,9 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from ..errors import ConfigError
-from .config import (CIFAR_MEAN, CIFAR_STD, DATASETS, IMAGE_SUFFIXES, DataConfig, check_data, default_img_size,
-                     num_classes_of, resolve_root)
+from .config import (CIFAR_MEAN, CIFAR_STD, DATASETS, FASHION_MNIST_MEAN, FASHION_MNIST_STD, IMAGE_SUFFIXES,
+                     DataConfig, check_data, default_img_size, fashion_mnist_files, input_channels, num_classes_of,
+                     resolve_root)
 
 # the data section's names, also importable from here (their home is focalexp.data.config)
 __all__ = ["DATASETS", "IMAGE_SUFFIXES", "DataBundle", "DataConfig", "CifarBatches", "build_data", "check_data",
@@ -74,27 +75,69 @@ def _cap(ds: Dataset, n: int | None, seed: int) -> Dataset:
     return Subset(ds, sorted(idx.tolist()))
 
 
-def _image_transforms(cfg: DataConfig, size: int, mean, std, cifar: bool):
-    from timm.data import create_transform
+class RepeatChannels:
+    """``(1, H, W)`` -> ``(n, H, W)``: a grayscale image for a model with ``in_chans`` n."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.repeat(self.n, 1, 1)
+
+
+def _small_image_transforms(cfg: DataConfig, size: int, mean, std, fit=(), crop_padding: int = 0, channels: int = 0):
+    """CIFAR-style transforms: ``fit`` (to ``size``), then for training a random crop with ``crop_padding``
+    (translation), flip, RandAugment, jitter; tensor, normalisation, random erasing; ``channels``: repeat
+    a grayscale image to that many channels (0: keep)."""
     from torchvision import transforms as T
 
-    if cifar:
-        train_t = [T.RandomCrop(size, padding=size // 8)] if cfg.augment else []
-        if cfg.augment and cfg.hflip:
-            train_t.append(T.RandomHorizontalFlip(cfg.hflip))
-        if cfg.augment and cfg.auto_augment:
-            from timm.data.auto_augment import rand_augment_transform
+    gray = len(mean) == 1
+    train_t = list(fit)
+    if cfg.augment and crop_padding:
+        train_t.append(T.RandomCrop(size, padding=crop_padding))
+    if cfg.augment and cfg.hflip:
+        train_t.append(T.RandomHorizontalFlip(cfg.hflip))
+    if cfg.augment and cfg.auto_augment:
+        from timm.data.auto_augment import rand_augment_transform
 
-            train_t.append(rand_augment_transform(cfg.auto_augment, {"translate_const": size // 3,
-                                                                     "img_mean": tuple(int(255 * m) for m in mean)}))
-        if cfg.augment and cfg.color_jitter:
-            train_t.append(T.ColorJitter(cfg.color_jitter, cfg.color_jitter, cfg.color_jitter))
-        train_t += [T.ToTensor(), T.Normalize(mean, std)]
-        if cfg.augment and cfg.reprob:
-            from timm.data.random_erasing import RandomErasing
+        fill = tuple(int(255 * m) for m in mean)
+        train_t.append(rand_augment_transform(cfg.auto_augment, {"translate_const": size // 3,
+                                                                 "img_mean": fill[0] if gray else fill}))
+    if cfg.augment and cfg.color_jitter:  # a gray image has no saturation
+        train_t.append(T.ColorJitter(cfg.color_jitter, cfg.color_jitter, 0.0 if gray else cfg.color_jitter))
+    tail = [T.ToTensor(), T.Normalize(mean, std)]
+    train_t += tail
+    if cfg.augment and cfg.reprob:
+        from timm.data.random_erasing import RandomErasing
 
-            train_t.append(RandomErasing(cfg.reprob, mode=cfg.remode, device="cpu"))
-        return T.Compose(train_t), T.Compose([T.Resize(size), T.ToTensor(), T.Normalize(mean, std)])
+        train_t.append(RandomErasing(cfg.reprob, mode=cfg.remode, device="cpu"))
+    val_t = [*fit, *tail] if fit else [T.Resize(size), *tail]
+    if channels:
+        train_t.append(RepeatChannels(channels))
+        val_t.append(RepeatChannels(channels))
+    return T.Compose(train_t), T.Compose(val_t)
+
+
+def _fashion_mnist_transforms(cfg: DataConfig, size: int, in_chans: int):
+    """28 px as stored, 32 px zero-padded by 2 (the LeNet convention, the default), any other size resized;
+    training: shifts of up to size/16 px (2 at 32) and horizontal flips (clothes, bags and shoes stay
+    what they are mirrored; ``data.hflip: 0`` turns them off)."""
+    from torchvision import transforms as T
+
+    if size == 28:
+        fit = []
+    elif size == 32:
+        fit = [T.Pad(2)]
+    else:
+        fit = [T.Resize((size, size), interpolation=T.InterpolationMode(cfg.interpolation))]
+    return _small_image_transforms(cfg, size, FASHION_MNIST_MEAN, FASHION_MNIST_STD, fit=fit,
+                                   crop_padding=max(1, size // 16), channels=in_chans if in_chans != 1 else 0)
+
+
+def _image_transforms(cfg: DataConfig, size: int, mean, std):
+    """ImageNet-style transforms from timm (random-resized crop for training, resize + centre crop)."""
+    from timm.data import create_transform
+
     train = create_transform(
         size, is_training=cfg.augment, scale=tuple(cfg.scale), hflip=cfg.hflip, color_jitter=cfg.color_jitter or None,
         auto_augment=cfg.auto_augment, interpolation=cfg.interpolation, mean=mean, std=std, re_prob=cfg.reprob,
@@ -169,9 +212,13 @@ class CifarBatches(Dataset):
         return (self.transform(img) if self.transform is not None else img), self.targets[i]
 
 
-def build_data(cfg: DataConfig, seed: int) -> DataBundle:
-    """The training and validation datasets of a run."""
+def build_data(cfg: DataConfig, seed: int, in_chans: int = 3) -> DataBundle:
+    """The training and validation datasets of a run; ``in_chans``: the model's input channels (1 or 3 for
+    grayscale datasets, whose images are then repeated; :func:`~focalexp.data.config.input_channels`)."""
     check_data(cfg)
+    if in_chans not in input_channels(cfg):
+        raise ConfigError(f"{cfg.dataset} feeds {' or '.join(map(str, input_channels(cfg)))} channels, "
+                          f"not {in_chans}", key="model.in_chans")
     size = default_img_size(cfg)
     if cfg.dataset == "pathfinder":
         kw = dict(size=size, path_length=cfg.path_length, distractors=cfg.distractors, gap=cfg.gap)
@@ -182,18 +229,26 @@ def build_data(cfg: DataConfig, seed: int) -> DataBundle:
         val = PathfinderDataset(cfg.val_size or 2000, seed=2, **kw)
         return DataBundle(train, val, 2, size, PathfinderDataset.classes)
 
-    from torchvision import datasets
+    if cfg.dataset == "fashion_mnist":
+        from .fashion_mnist import FashionMNIST
 
-    root = resolve_root(cfg)
-    if cfg.dataset in ("cifar10", "cifar100"):
-        t_train, t_val = _image_transforms(cfg, size, CIFAR_MEAN, CIFAR_STD, cifar=True)
+        files = fashion_mnist_files(cfg)
+        t_train, t_val = _fashion_mnist_transforms(cfg, size, in_chans)
+        train = FashionMNIST(*files["train"], transform=t_train)
+        val = FashionMNIST(*files["val"], transform=t_val)
+        classes = tuple(train.classes)
+    elif cfg.dataset in ("cifar10", "cifar100"):
+        root = resolve_root(cfg)
+        t_train, t_val = _small_image_transforms(cfg, size, CIFAR_MEAN, CIFAR_STD, crop_padding=size // 8)
         train = CifarBatches(root, cfg.dataset, train=True, transform=t_train)
         val = CifarBatches(root, cfg.dataset, train=False, transform=t_val)
         classes = tuple(train.classes)
     else:
         from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+        from torchvision import datasets
 
-        t_train, t_val = _image_transforms(cfg, size, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, cifar=False)
+        root = resolve_root(cfg)
+        t_train, t_val = _image_transforms(cfg, size, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
         train = datasets.ImageFolder(str(root / "train"), transform=t_train)
         val = datasets.ImageFolder(str(root / "val"), transform=t_val)
         classes = tuple(train.classes)

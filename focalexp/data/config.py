@@ -14,17 +14,29 @@ from typing import Optional
 from ..config import opt
 from ..errors import ConfigError
 
-DATASETS = ("pathfinder", "imagefolder", "cifar10", "cifar100")
+DATASETS = ("pathfinder", "imagefolder", "cifar10", "cifar100", "fashion_mnist")
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+# Fashion-MNIST (Xiao et al. 2017, MIT): Debian's dataset-fashion-mnist puts the four IDX files here
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
+FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                       "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+FASHION_MNIST_MEAN = (0.2860,)  # of the 60,000 training images, pixels in [0, 1]
+FASHION_MNIST_STD = (0.3530,)
+FASHION_MNIST_MAX_ITEMS = 1_000_000  # a file may hold fewer items than the real 60,000/10,000, never more
 
 
 @dataclass
 class DataConfig:
-    dataset: str = opt("pathfinder", "pathfinder (built in), imagefolder (root/train, root/val), cifar10, cifar100",
+    dataset: str = opt("pathfinder", "pathfinder (built in), imagefolder (root/train, root/val), cifar10, cifar100, "
+                       "fashion_mnist (apt-get install dataset-fashion-mnist)",
                        choices=DATASETS)
-    root: Optional[str] = opt(None, "data root; $VARS are expanded (imagefolder, cifar)")
-    img_size: Optional[int] = opt(None, "input size (default: 32 for pathfinder/cifar, 224 for imagefolder)", min=8)
+    root: Optional[str] = opt(None, "data root; $VARS are expanded (imagefolder, cifar; fashion_mnist: default "
+                                    f"{FASHION_MNIST_ROOT})")
+    img_size: Optional[int] = opt(None, "input size (default: 32 for pathfinder/cifar/fashion_mnist, 224 for "
+                                        "imagefolder; fashion_mnist: 28 as stored, 32 padded, others resized)", min=8)
     workers: int = opt(0, "DataLoader worker processes", min=0)
     train_size: Optional[int] = opt(None, "training images (pathfinder: generated, default 20000; others: a cap)", min=1)
     val_size: Optional[int] = opt(None, "validation images (pathfinder default 2000; others: a cap)", min=1)
@@ -50,20 +62,61 @@ def num_classes_of(cfg: DataConfig) -> int:
     """Classes of the dataset, without loading it (imagefolder: counts class folders)."""
     if cfg.dataset == "pathfinder":
         return 2
-    if cfg.dataset in ("cifar10", "cifar100"):
-        return 10 if cfg.dataset == "cifar10" else 100
+    if cfg.dataset in ("cifar10", "cifar100", "fashion_mnist"):
+        return 100 if cfg.dataset == "cifar100" else 10
     return len(_imagefolder_classes(resolve_root(cfg)))
 
 
-def resolve_root(cfg: DataConfig) -> Path:
-    if not cfg.root:
+def input_channels(cfg: DataConfig) -> tuple[int, ...]:
+    """The ``model.in_chans`` values the dataset can feed, the dataset's own first: grayscale
+    Fashion-MNIST gives 1 channel, or 3 (the gray channel repeated); the others give RGB."""
+    return (1, 3) if cfg.dataset == "fashion_mnist" else (3,)
+
+
+def fashion_mnist_files(cfg: DataConfig) -> dict[str, tuple[Path, Path]]:
+    """``{"train": (images, labels), "val": (...)}``: the IDX files under ``data.root`` (default
+    :data:`FASHION_MNIST_ROOT`), each ``NAME`` or ``NAME.gz``, inside the root (no link out of it), with
+    checked headers (magic, 28 x 28 images, as many labels as images, lengths; see :mod:`.idx`)."""
+    from ..fileio import input_file, inside
+    from .idx import check_header
+
+    install = (f"install it with `apt-get install {FASHION_MNIST_PACKAGE}` or point data.root at a folder "
+               f"holding {', '.join(n + '[.gz]' for pair in FASHION_MNIST_FILES.values() for n in pair)}")
+    root = resolve_root(cfg, default=FASHION_MNIST_ROOT, missing=f"no Fashion-MNIST: {{root}} is not a directory; {install}")
+    root = root.resolve()  # '..' and links in the root itself are fine; the files must then lie inside it
+    out: dict[str, tuple[Path, Path]] = {}
+    for split, names in FASHION_MNIST_FILES.items():
+        pair = []
+        for name in names:
+            candidates = [root / name, root / f"{name}.gz"]
+            found = [c for c in candidates if os.path.lexists(c)]
+            if not found:
+                raise ConfigError(f"no Fashion-MNIST at '{root}' ({name}[.gz] is missing); {install}", key="data.root")
+            if len(found) > 1:
+                raise ConfigError(f"'{root}' holds both {name} and {name}.gz; keep one", key="data.root")
+            if inside(root, found[0]) is None:
+                raise ConfigError(f"'{found[0]}' leads outside '{root}' (a link or '..'); data files must lie "
+                                  "inside the data root", key="data.root")
+            pair.append(input_file(found[0], "data.root"))
+        images, labels = pair
+        n = check_header(images, 3, (None, 28, 28), FASHION_MNIST_MAX_ITEMS).shape[0]
+        check_header(labels, 1, (n,), FASHION_MNIST_MAX_ITEMS)
+        out[split] = (images, labels)
+    return out
+
+
+def resolve_root(cfg: DataConfig, default: str | None = None, missing: str = "{root} is not a directory") -> Path:
+    """``data.root`` ($VARS and ~ expanded; ``default`` when unset) as a directory that exists; ``missing``
+    is the message otherwise (``{root}``: the path, quoted)."""
+    text = cfg.root or default
+    if not text:
         raise ConfigError(f"dataset '{cfg.dataset}' needs a root directory", key="data.root")
-    missing = [m for m in re.findall(r"\$\{?(\w+)\}?", cfg.root) if m not in os.environ]
-    if missing:
-        raise ConfigError(f"environment variable ${missing[0]} is not set (in '{cfg.root}')", key="data.root")
-    root = Path(os.path.expandvars(os.path.expanduser(cfg.root)))
+    unset = [m for m in re.findall(r"\$\{?(\w+)\}?", text) if m not in os.environ]
+    if unset:
+        raise ConfigError(f"environment variable ${unset[0]} is not set (in '{text}')", key="data.root")
+    root = Path(os.path.expandvars(os.path.expanduser(text)))
     if not root.is_dir():
-        raise ConfigError(f"'{root}' is not a directory", key="data.root")
+        raise ConfigError(missing.format(root=f"'{root}'"), key="data.root")
     return root
 
 
@@ -108,6 +161,8 @@ def check_data(cfg: DataConfig, on_disk: bool = True) -> None:
         pass
     elif cfg.dataset == "imagefolder":
         _imagefolder_classes(resolve_root(cfg))
+    elif cfg.dataset == "fashion_mnist":
+        fashion_mnist_files(cfg)
     elif cfg.dataset in ("cifar10", "cifar100"):
         root = resolve_root(cfg)
         folder = "cifar-10-batches-py" if cfg.dataset == "cifar10" else "cifar-100-python"

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Optional
 
 from ..config import apply_overrides, build, content_hash, deep_merge, load_yaml, to_plain
 from ..config import opt as _f  # (a field below is named `opt`)
-from ..data.config import DataConfig, check_data, default_img_size, num_classes_of
+from ..data.config import DataConfig, check_data, default_img_size, input_channels, num_classes_of
 from ..errors import ConfigError, FocalexpError, closest, did_you_mean
 
 
@@ -187,7 +187,7 @@ def resolve_run_config(
 
 
 def _complete_model(cfg: RunConfig, data_present: bool = True) -> None:
-    """Fill the model's num_classes / img_size from the data unless the config sets them."""
+    """Fill the model's num_classes / img_size / in_chans from the data unless the config sets them."""
     if "preset" not in cfg.model:
         raise ConfigError("name a preset (see `focalexp models`), e.g. model: {preset: focalnet_t_srf}", key="model.preset")
     m = cfg.model
@@ -197,6 +197,15 @@ def _complete_model(cfg: RunConfig, data_present: bool = True) -> None:
     m.setdefault("img_size", img)
     if m["img_size"] != img:
         raise ConfigError(f"{m['img_size']} differs from data.img_size {img}; set one of them", key="model.img_size")
+    chans = input_channels(cfg.data)
+    if chans[0] != 3:  # a grayscale dataset: its own channel count unless the model asks for 3
+        m.setdefault("in_chans", chans[0])
+    in_chans = m.get("in_chans", 3)
+    if isinstance(in_chans, int) and not isinstance(in_chans, bool) and in_chans not in chans:  # types: the model's check
+        raise ConfigError(f"{m['in_chans']}, but {cfg.data.dataset} images feed "
+                          f"{' or '.join(map(str, chans))} (grayscale is repeated to 3)" if len(chans) > 1 else
+                          f"{m['in_chans']}, but {cfg.data.dataset} images have {chans[0]} channels",
+                          key="model.in_chans")
     if not data_present and cfg.data.dataset == "imagefolder":
         if "num_classes" not in m:
             raise ConfigError("set it (e.g. 1000 for ImageNet-1K) when the data is not "

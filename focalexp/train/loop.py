@@ -207,7 +207,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
-        self.data = build_data(cfg.data, cfg.seed)
+        self.data = build_data(cfg.data, cfg.seed, in_chans=cfg.model_config().in_chans)
         self.model = create_model(cfg.model).to(self.device)
         if t.channels_last:  # conv weights in the layout their gradients arrive in (no DDP bucket copies)
             self.model = self.model.to(memory_format=torch.channels_last)

@@ -173,7 +173,7 @@ def test_forward_intermediates_arguments(preset):
                     only = m.forward_intermediates(x, indices=indices, norm=norm, stop_early=stop_early,
                                                    intermediates_only=True)
                     assert isinstance(only, list) and all(torch.equal(a, b) for a, b in zip(only, got))
-    for bad in (n + 1, [n], [-n - 1]):
+    for bad in (n + 1, [n], [-n - 1], []):
         with pytest.raises(ConfigError, match="indices: "):
             m.forward_intermediates(x, indices=bad)
     with pytest.raises(ConfigError, match="output_fmt: FocalNet's intermediates are NCHW only"):
@@ -199,10 +199,14 @@ def test_prune_intermediate_layers(preset):
 
 
 # ---------------------------------------------------------------------------- features_only through timm
-@pytest.mark.parametrize("feature_cls", [None, "getter", "hook", "fx"])
+@pytest.mark.parametrize("feature_cls", [None, "getter", "hook", "fx", "list"])
 def test_features_only(preset, feature_cls):
     """test_model_forward_features / test_model_forward_intermediates_features: timm's wrappers."""
     kw = {} if feature_cls is None else dict(feature_cls=feature_cls)
+    if feature_cls == "list" and preset == "focalnet_t_iso":
+        with pytest.raises(ConfigError, match="feature_cls: 'list'/'dict' take whole stages"):
+            _model(preset, features_only=True, **kw)
+        return
     m = _model(preset, features_only=True, **kw).eval()
     ref = _model(preset).eval()
     info = m.feature_info

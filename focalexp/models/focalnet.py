@@ -14,7 +14,7 @@ from timm.models import FeatureInfo
 from timm.models._features import feature_take_indices
 
 from ..errors import ConfigError
-from .capture import is_capturing
+from .capture import is_capturing, is_fx_tracing
 from .config import FocalNetConfig
 from .fastpath import ChannelLinear
 from .layers import FocalNetBlock, PatchEmbed
@@ -258,7 +258,7 @@ class FocalNet(nn.Module):
         if self._pad_input:
             s = self._input_stride
             H, W = x.shape[-2], x.shape[-1]
-            if is_capturing() or H % s != 0 or W % s != 0:
+            if is_fx_tracing() or H % s != 0 or W % s != 0:  # fx: sizes are Proxies, pad (maybe by 0)
                 x = F.pad(x, [0, (s - W % s) % s, 0, (s - H % s) % s])
         return x.contiguous(memory_format=torch.channels_last)
 
@@ -289,12 +289,7 @@ class FocalNet(nn.Module):
         if output_fmt != "NCHW":
             raise ConfigError(f"output_fmt: FocalNet's intermediates are NCHW only, got {output_fmt!r}")
         num_levels = self.num_feature_levels()
-        try:
-            take, max_index = feature_take_indices(num_levels, indices)
-        except AssertionError as e:
-            raise ConfigError(f"indices: {e}") from None
-        if isinstance(indices, (list, tuple)) and not indices:
-            raise ConfigError("indices: expected at least one feature level")
+        take, max_index = self._take_indices(num_levels, indices)
         x = self.pos_drop(self.stem(self._prepare_input(x)))
         if self.block_levels:
             stage = self.stages[0]
@@ -318,6 +313,16 @@ class FocalNet(nn.Module):
             x = self._norm_nchw(x)
         return x, intermediates
 
+    @staticmethod
+    def _take_indices(num_levels: int, indices: Optional[Union[int, List[int]]]) -> Tuple[List[int], int]:
+        """timm's feature_take_indices, its range errors as one-line ConfigErrors."""
+        if isinstance(indices, (list, tuple)) and not indices:
+            raise ConfigError("indices: expected at least one feature level")
+        try:
+            return feature_take_indices(num_levels, indices)
+        except AssertionError as e:
+            raise ConfigError(f"indices: {e}") from None
+
     def _norm_nchw(self, x: torch.Tensor) -> torch.Tensor:
         return to_nchw(self.norm(to_nhwc(x)))
 
@@ -327,10 +332,7 @@ class FocalNet(nn.Module):
     ) -> List[int]:
         """Drop the levels after the last one in ``indices`` (and the final norm / the head); returns the
         absolute level indices, for :meth:`forward_intermediates`."""
-        try:
-            take, max_index = feature_take_indices(self.num_feature_levels(), indices)
-        except AssertionError as e:
-            raise ConfigError(f"indices: {e}") from None
+        take, max_index = self._take_indices(self.num_feature_levels(), indices)
         if self.block_levels:
             self.stages[0].blocks = self.stages[0].blocks[: max_index + 1]
         else:

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 
 from ..errors import UnknownNameError, did_you_mean
-from .capture import is_capturing
+from .capture import is_capturing, is_fx_tracing
 from .config import FocalNetConfig, add_token_mixer
 from .fastpath import ChannelLinear, Linear
 from .layout import to_nchw, to_nhwc
@@ -380,23 +380,23 @@ class WindowAttention(TokenMixer):
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
         ws, shift, Hp, Wp = window_geometry(H, W, self.window_size, self.shifted)
-        capturing = is_capturing()  # a graph pads, rolls and masks always (by zero where nothing is needed)
-        if capturing or Hp != H or Wp != W:
+        symbolic = is_fx_tracing()  # sizes are Proxies: pad and roll always (by zero where nothing is needed)
+        if symbolic or Hp != H or Wp != W:
             x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))
-        if capturing or shift > 0:
+        if symbolic or shift > 0:
             x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
         nh, nw, N, hd = Hp // ws, Wp // ws, ws * ws, C // self.num_heads
         win = x.reshape(B, nh, ws, nw, ws, C).permute(0, 1, 3, 2, 4, 5).reshape(B, nh * nw, N, C)
         qkv = self.qkv(win).reshape(B, nh * nw, N, 3, self.num_heads, hd).permute(3, 0, 1, 4, 2, 5)
         q, k, v = qkv.unbind(0)  # (B, nW, heads, N, hd)
-        if capturing:
+        if is_capturing():
             attn_mask = window_attention_bias(self.relative_position_bias_table, H, W, ws, shift, self.window_size,
                                               self.num_heads).to(q.dtype)
         else:
             attn_mask = self._cached_attn_bias(H, W, ws, shift, x.device, q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         out = out.permute(0, 1, 3, 2, 4).reshape(B, nh, nw, ws, ws, C).permute(0, 1, 3, 2, 4, 5).reshape(B, Hp, Wp, C)
-        if capturing or shift > 0:
+        if symbolic or shift > 0:
             out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))
         return out[:, :H, :W]
 
@@ -441,8 +441,11 @@ def window_mask(H: int, W: int, ws: int, shift: int) -> torch.Tensor:
 @torch.fx.wrap
 def window_attention_bias(table: torch.Tensor, H: int, W: int, ws: int, shift: int, window_size: int,
                           num_heads: int) -> torch.Tensor:
-    """Position bias plus window mask, ``(nW, heads, N, N)``, computed afresh (the captured path)."""
+    """Position bias ``(heads, N, N)``, plus the window mask ``(nW, heads, N, N)`` where windows are shifted or
+    padded, computed afresh (the captured path; the eager one caches them)."""
     N = ws * ws
     bias = table[relative_position_index(ws, window_size).to(table.device).reshape(-1)]
     bias = bias.reshape(N, N, num_heads).permute(2, 0, 1)
+    if shift == 0 and H % ws == 0 and W % ws == 0:
+        return bias
     return bias + window_mask(H, W, ws, shift).to(table.device, table.dtype)

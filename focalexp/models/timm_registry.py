@@ -4,8 +4,8 @@ After ``import focalexp``, ``timm.create_model("focalexp_focalnet_t_srf", num_cl
 model through timm's ``build_model_with_cfg``, so timm's training and benchmark scripts,
 ``timm.data.resolve_data_config`` and its feature wrappers work with every preset and ablation:
 ``features_only=True`` with ``out_indices`` and ``feature_cls`` (``'getter'``, the default, over
-:meth:`FocalNet.forward_intermediates`; ``'hook'``; ``'fx'``) returns timm's wrapper, whose
-``feature_info`` is timm's :class:`~timm.models.FeatureInfo`.
+:meth:`FocalNet.forward_intermediates`; ``'hook'``; ``'fx'``; ``'list'``/``'dict'`` for hierarchical
+models) returns timm's wrapper, whose ``feature_info`` is timm's :class:`~timm.models.FeatureInfo`.
 
 Keyword arguments are :class:`~focalexp.models.config.FocalNetConfig` fields, plus timm's usual ones:
 ``proj_drop_rate`` (our ``drop_rate``), ``drop_path_rate``, ``num_classes``, ``in_chans``,
@@ -112,14 +112,22 @@ def create_timm_model(preset_name: str, pretrained: bool = False, **kwargs: Any)
             model.global_pool = global_pool
         return model
 
-    levels = cfg.depths[0] if len(cfg.depths) == 1 else len(cfg.depths)
+    isotropic = len(cfg.depths) == 1
+    levels = cfg.depths[0] if isotropic else len(cfg.depths)
+    feature_cfg: dict[str, Any] = dict(feature_cls="getter", out_indices=tuple(range(levels)))
+    if features and str(timm_args.get("feature_cls", "")).lower() in ("list", "dict"):
+        # timm runs the model's top-level modules in turn and takes the outputs of stages.{i}
+        if isotropic:
+            raise ConfigError("feature_cls: 'list'/'dict' take whole stages; an isotropic model's feature levels "
+                              "are its blocks: use 'getter' (default), 'hook' or 'fx'")
+        feature_cfg["flatten_sequential"] = True
     model = build_model_with_cfg(
         build,
         variant,
         pretrained=False,  # weights: focalexp's own loader (timm layout -> ours), in build()
         pretrained_cfg=pretrained_cfg,
         pretrained_cfg_overlay=overlay,
-        feature_cfg=dict(feature_cls="getter", out_indices=tuple(range(levels))),
+        feature_cfg=feature_cfg,
         num_classes=cfg.num_classes,
         in_chans=cfg.in_chans,
         **timm_args,

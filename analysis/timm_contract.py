@@ -25,7 +25,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_PRESETS = ("focalnet_t_srf", "focalnet_t_iso", "focalnet_t_lrf_window_attention")
+DEFAULT_PRESETS = ("focalnet_t_srf", "focalnet_t_iso", "focalnet_t_lrf_window_attention", "focalnet_h_fl3")
 
 CONFTEST = '''
 import os

@@ -257,6 +257,8 @@ def test_features_only_out_indices_and_output_stride(preset):
     with pytest.raises(ConfigError, match=f"output_stride: FocalNet has no dilated stages; its output stride is {stride}, got 8") as e:
         _model(preset, features_only=True, output_stride=8)
     assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="feature_cls: picks timm's feature wrapper; it needs features_only=True"):
+        _model(preset, feature_cls="hook")
 
 
 # ---------------------------------------------------------------------------- torch.fx, TorchScript, trace

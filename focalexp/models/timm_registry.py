@@ -91,6 +91,8 @@ def create_timm_model(preset_name: str, pretrained: bool = False, **kwargs: Any)
     features = bool(timm_args.get("features_only", False))
     if not features and "out_indices" in timm_args:  # without features_only: focalexp's backbone mode
         kwargs["out_indices"] = timm_args.pop("out_indices")
+    if not features and "feature_cls" in timm_args:
+        raise ConfigError("feature_cls: picks timm's feature wrapper; it needs features_only=True")
     global_pool = kwargs.pop("global_pool", None)
     if global_pool is not None and global_pool not in ("avg", ""):
         raise ConfigError(f"global_pool: FocalNet pools by average ('avg') or not at all (''), got {global_pool!r}")

@@ -10,7 +10,6 @@ Inside TorchScript the function compiles to ``True`` (``torch.jit.is_scripting()
 are never compiled.
 """
 
-
 import torch
 
 try:  # torch.fx's own flag (private); newer torch names the symbolic-tracing-only test, older ones is_fx_tracing

@@ -13,7 +13,6 @@ Switches: the environment variable ``FOCALEXP_FAST_PATH=0`` (read at import), :f
 the whole process, :func:`reference_path` for a block of code.
 """
 
-
 import contextlib
 import os
 from typing import Iterator, Optional

@@ -1,6 +1,5 @@
 """The FocalNet model: one class, built from one :class:`FocalNetConfig`."""
 
-
 import contextlib
 import threading
 from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union

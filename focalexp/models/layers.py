@@ -6,7 +6,6 @@ layout (NCHW-shaped, channels-last in memory) in :mod:`focalexp.models.layout`; 
 re-exported here for code that imported them from this module.
 """
 
-
 import torch
 import torch.nn as nn
 from timm.layers import DropPath

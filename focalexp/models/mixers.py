@@ -47,7 +47,6 @@ Hook points of focal modulation (all outputs NCHW-shaped; nothing is stored on t
 ==================================================  ===============================================
 """
 
-
 from typing import Any, Callable, Optional, Sequence, Tuple, TypeVar
 
 import torch

@@ -156,3 +156,20 @@ def test_sweep_scale_benchmark_runs_and_its_sweep_dir_is_what_status_reads(capsy
     from focalexp.sweep.spec import count_runs, parse_spec
 
     assert count_runs(parse_spec(spec)) == (1200, True)
+
+
+def test_timm_contract_counts_a_junit_report_per_preset(tmp_path):
+    """analysis/timm_contract.py: test ids of timm's file (focalexp_<preset>-batch) and of ours (param-preset)."""
+    report = tmp_path / "r.xml"
+    report.write_text(
+        '<testsuites><testsuite>'
+        '<testcase name="test_model_forward[1-focalexp_focalnet_t_srf]"/>'
+        '<testcase name="test_model_forward[1-focalexp_focalnet_t_srf_overlap]"><failure/></testcase>'
+        '<testcase name="test_model_backward[2-focalexp_focalnet_t_srf]"><skipped/></testcase>'
+        '<testcase name="test_features_only[fx-focalnet_t_iso]"><error/></testcase>'
+        '<testcase name="test_capture_pads_inputs_like_eager"/>'
+        '</testsuite></testsuites>'
+    )
+    counts = _load("timm_contract").count(report, ["focalnet_t_srf", "focalnet_t_iso"])
+    assert dict(counts["focalnet_t_srf"]) == {"passed": ["test_model_forward"], "skipped": ["test_model_backward"]}
+    assert dict(counts["focalnet_t_iso"]) == {"failed": ["test_features_only"]}

@@ -229,7 +229,7 @@ def test_input_sizes():
         m(_x(1, 1, 64, 64))
     padded = create_model("focalnet_t_srf", **TINY, pad_input=True, img_size=100).eval()
     with torch.no_grad():
-        feats = padded.forward_intermediates(_x(1, 3, 100, 130))
+        feats = padded.forward_intermediates(_x(1, 3, 100, 130), intermediates_only=True)
     # zero-padded at the bottom/right to 128x160, the next multiples of 32
     assert [tuple(f.shape[-2:]) for f in feats] == [(32, 40), (16, 20), (8, 10), (4, 5)]
 
@@ -241,8 +241,11 @@ def test_backbone_features():
     with torch.no_grad():
         feats = m(_x(1, 3, 128, 96))
     assert [tuple(f.shape) for f in feats] == [(1, 192, 16, 12), (1, 768, 4, 3)]
+    assert m.feature_info.channels() == [192, 768] and m.feature_info.reduction() == [8, 32]
     iso = create_model("focalnet_t_iso", features_only=True).eval()
-    assert iso.feature_info == [dict(num_chs=192, reduction=16, module="stages.0")]
+    # an isotropic model's feature levels are its blocks (as timm's ViTs); backbone mode returns the last
+    assert iso.feature_channels == [192] and iso.feature_strides == [16]
+    assert iso.feature_info.module_name() == ["stages.0.blocks.11"] and len(iso.feature_info) == 12
     with torch.no_grad():
         assert iso(_x(1, 3, 224, 224))[0].shape == (1, 192, 14, 14)
 

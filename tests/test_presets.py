@@ -181,6 +181,6 @@ def test_tiny_block_sanity_numbers():
     blk = m.stages[0].blocks[0]
     assert sum(p.numel() for p in blk.parameters()) == 115_395
     assert sum(p.numel() for p in blk.modulation.parameters()) == 40_803
-    feats = m.forward_intermediates(torch.zeros(1, 3, 224, 224))
+    feats = m.forward_intermediates(torch.zeros(1, 3, 224, 224), intermediates_only=True)
     assert [f.shape[-1] for f in feats] == [56, 28, 14, 7]
     assert [f.shape[1] for f in feats] == [96, 192, 384, 768]

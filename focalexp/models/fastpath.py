@@ -4,24 +4,25 @@ CPU inference in fp32: token-wise projections go through oneDNN's inner product 
 own compiler emits for CPU linears), which adds the bias inside the GEMM instead of first copying it into
 the output, and applies the MLP's GELU in the same pass. Everything else (training, autocast, other dtypes
 and devices, tracing, FLOP counting, torch.compile) takes the reference path ``F.linear``. Both give the
-same numbers (``tests/test_fastpath.py`` compares them); the fast path is measured against timm by
+same numbers (``tests/test_fastpath.py`` compares them). Under capture (TorchScript, ``torch.jit.trace``,
+``torch.fx``, ``torch.compile``, export: :func:`focalexp.models.capture.is_capturing`) the dispatch itself,
+which reads shapes and dtypes in Python, is skipped before it looks at the tensor; the fast path is measured against timm by
 ``analysis/speed_vs_timm.py``.
 
 Switches: the environment variable ``FOCALEXP_FAST_PATH=0`` (read at import), :func:`set_fast_path` for
 the whole process, :func:`reference_path` for a block of code.
 """
 
-from __future__ import annotations
-
 import contextlib
 import os
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+from .capture import is_capturing
 from .layout import to_nchw, to_nhwc
 
 _FAST = os.environ.get("FOCALEXP_FAST_PATH", "1") != "0"
@@ -68,9 +69,11 @@ def _dispatch_mode_active() -> bool:
     return _get_current_dispatch_mode() is not None
 
 
+@torch.jit.unused
 def _use_fast(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (
         _FAST
+        and not is_capturing()  # first: under torch.fx the shape checks below would see Proxies
         and x.numel() >= FAST_MIN_ROWS * x.shape[-1]
         and _MKLDNN_LINEAR is not None
         and not torch.is_grad_enabled()
@@ -78,18 +81,23 @@ def _use_fast(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and not _autocast_on()
-        and not torch.jit.is_tracing()
-        and not torch.compiler.is_compiling()
         and not _dispatch_mode_active()
     )
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: str | None = None) -> torch.Tensor:
-    """``F.linear`` (then GELU when ``act="gelu"``), on the fast path where it applies."""
-    if _use_fast(x, weight):
-        return _MKLDNN_LINEAR(x, weight, bias, act or "none", [], "none" if act else "")
+@torch.jit.unused
+def _fast_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], act: str) -> torch.Tensor:
+    return _MKLDNN_LINEAR(x, weight, bias, act or "none", [], "none" if act else "")
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], act: str = "") -> torch.Tensor:
+    """``F.linear`` (then GELU when ``act="gelu"``), on the fast path where it applies (TorchScript-able)."""
+    if not torch.jit.is_scripting() and _use_fast(x, weight):
+        return _fast_linear(x, weight, bias, act)
     y = F.linear(x, weight, bias)
-    return F.gelu(y) if act == "gelu" else y
+    if act == "gelu":
+        y = F.gelu(y)
+    return y
 
 
 class Linear(nn.Linear):

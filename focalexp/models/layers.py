@@ -6,8 +6,6 @@ layout (NCHW-shaped, channels-last in memory) in :mod:`focalexp.models.layout`; 
 re-exported here for code that imported them from this module.
 """
 
-from __future__ import annotations
-
 import torch
 import torch.nn as nn
 from timm.layers import DropPath
@@ -56,12 +54,17 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (not self.training and self.act.approximate == "none" and not self.fc1._forward_hooks
-                and not self.fc1._forward_pre_hooks and not self.act._forward_hooks and not self.act._forward_pre_hooks):
+        if not torch.jit.is_scripting() and self._fuse_gelu():
             h = linear(x, self.fc1.weight, self.fc1.bias, "gelu")  # GELU fused on the fast path
         else:
             h = self.drop(self.act(self.fc1(x)))
         return self.drop(self.fc2(h))
+
+    @torch.jit.unused
+    def _fuse_gelu(self) -> bool:
+        # eval, exact GELU, and nobody hooked fc1 or act (a hook must see their own outputs)
+        return (not self.training and self.act.approximate == "none" and not self.fc1._forward_hooks
+                and not self.fc1._forward_pre_hooks and not self.act._forward_hooks and not self.act._forward_pre_hooks)
 
 
 class FocalNetBlock(nn.Module):

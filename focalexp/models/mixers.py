@@ -47,10 +47,7 @@ Hook points of focal modulation (all outputs NCHW-shaped; nothing is stored on t
 ==================================================  ===============================================
 """
 
-from __future__ import annotations
-
-import math
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Optional, Sequence, Tuple, TypeVar
 
 import torch
 import torch.nn as nn
@@ -58,6 +55,7 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 
 from ..errors import UnknownNameError, did_you_mean
+from .capture import is_capturing, is_fx_tracing
 from .config import FocalNetConfig, add_token_mixer
 from .fastpath import ChannelLinear, Linear
 from .layout import to_nchw, to_nhwc
@@ -251,23 +249,29 @@ class FocalModulation(TokenMixer):
         C = self.dim
         # split, not slicing: the backward of a split is one concatenation, while each slice's
         # backward zero-fills a tensor as large as f's output
-        q, ctx, g_raw = torch.split(self.f(x), (C, C, self.num_gates), dim=-1)
+        q, ctx, g_raw = torch.split(self.f(x), [C, C, self.num_gates], dim=-1)
         q, ctx = to_nchw(q), to_nchw(ctx)
-        gates = self.gates(to_nchw(g_raw)) if self.gates is not None else None
+        gates: Optional[torch.Tensor] = None
+        if self.gates is not None:
+            gates = self.gates(to_nchw(g_raw))
 
-        ctx_all = None
+        ctx_all: Optional[torch.Tensor] = None
         g = 0
         last = self.focal_level - 1
         for lvl, layer in enumerate(self.focal_layers):
             ctx = layer(ctx)
             if self.hierarchical_sum or lvl == last:
-                term = ctx * gates[:, g : g + 1] if gates is not None else ctx
+                term = ctx
+                if gates is not None:
+                    term = ctx * gates[:, g : g + 1]
                 ctx_all = term if ctx_all is None else ctx_all + term
                 g += 1
         if self.global_context is not None:
             glob = self.global_context(ctx)
-            term = glob * gates[:, g : g + 1] if gates is not None else glob
-            ctx_all = term if ctx_all is None else ctx_all + term
+            if gates is not None:
+                glob = glob * gates[:, g : g + 1]
+            ctx_all = glob if ctx_all is None else ctx_all + glob
+        assert ctx_all is not None  # the config guarantees a level or the global context
         if self.normalize_modulator:
             ctx_all = ctx_all / self.num_aggregated
 
@@ -326,6 +330,8 @@ class WindowAttention(TokenMixer):
     channels-last ``(B, H, W, C)``. Built from a config, odd blocks of a stage are shifted.
     """
 
+    __jit_ignored_attributes__ = ["_cache"]  # eager-only (see _cached_attn_bias)
+
     def __init__(
         self,
         dim: int,
@@ -352,55 +358,93 @@ class WindowAttention(TokenMixer):
         return cls(cfg.stage_dims[stage], cfg.num_heads(stage), cfg.window_size, shifted=block % 2 == 1,
                    **cls.output_kwargs(cfg))
 
-    def _rel_index(self, ws: int, device: torch.device) -> torch.Tensor:
+    @torch.jit.unused
+    def _cached_attn_bias(self, H: int, W: int, ws: int, shift: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """Eager path: the position bias (heads, N, N), plus the window mask (nW, heads, N, N) when one is needed;
+        the index and the mask are cached per geometry (never under capture: a trace must see their ops)."""
         key = ("idx", ws, device)
         if key not in self._cache:
-            coords = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij")).flatten(1)
-            rel = coords[:, :, None] - coords[:, None, :] + (self.window_size - 1)
-            self._cache[key] = (rel[0] * (2 * self.window_size - 1) + rel[1]).to(device)
-        return self._cache[key]
-
-    def _mask(self, H: int, W: int, ws: int, shift: int, device: torch.device) -> torch.Tensor | None:
-        Hp, Wp = math.ceil(H / ws) * ws, math.ceil(W / ws) * ws
+            self._cache[key] = relative_position_index(ws, self.window_size).to(device)
+        N = ws * ws
+        bias = self.relative_position_bias_table[self._cache[key].reshape(-1)]
+        bias = bias.reshape(N, N, self.num_heads).permute(2, 0, 1).to(dtype)
+        Hp, Wp = -(-H // ws) * ws, -(-W // ws) * ws
         if not shift and Hp == H and Wp == W:
-            return None
+            return bias
         key = ("mask", H, W, ws, shift, device)
         if key not in self._cache:
-            # class of every position of the (rolled) padded map along one axis: 0 normal,
-            # 1 wrapped around by the shift, 2 padding. Tokens attend only within their class.
-            def classes(n: int, n_pad: int) -> torch.Tensor:
-                orig = (torch.arange(n_pad) + shift) % n_pad
-                return torch.where(orig >= n, 2, torch.where(orig < shift, 1, 0))
-
-            ids = classes(H, Hp)[:, None] * 3 + classes(W, Wp)[None, :]
-            ids = ids.view(Hp // ws, ws, Wp // ws, ws).permute(0, 2, 1, 3).reshape(-1, ws * ws)
-            same = ids[:, :, None] == ids[:, None, :]
-            mask = torch.zeros(same.shape).masked_fill_(~same, float("-inf"))
-            self._cache[key] = mask[:, None].to(device)  # (nW, 1, N, N)
-        return self._cache[key]
+            self._cache[key] = window_mask(H, W, ws, shift).to(device)
+        return bias + self._cache[key].to(dtype)
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
-        ws = min(self.window_size, max(H, W))
-        shift = ws // 2 if self.shifted and min(H, W) > ws else 0
-        Hp, Wp = math.ceil(H / ws) * ws, math.ceil(W / ws) * ws
-        if Hp != H or Wp != W:
+        ws, shift, Hp, Wp = window_geometry(H, W, self.window_size, self.shifted)
+        symbolic = is_fx_tracing()  # sizes are Proxies: pad and roll always (by zero where nothing is needed)
+        if symbolic or Hp != H or Wp != W:
             x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))
-        if shift:
+        if symbolic or shift > 0:
             x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
         nh, nw, N, hd = Hp // ws, Wp // ws, ws * ws, C // self.num_heads
         win = x.reshape(B, nh, ws, nw, ws, C).permute(0, 1, 3, 2, 4, 5).reshape(B, nh * nw, N, C)
         qkv = self.qkv(win).reshape(B, nh * nw, N, 3, self.num_heads, hd).permute(3, 0, 1, 4, 2, 5)
         q, k, v = qkv.unbind(0)  # (B, nW, heads, N, hd)
-        bias = self.relative_position_bias_table[self._rel_index(ws, x.device).reshape(-1)]
-        bias = bias.reshape(N, N, self.num_heads).permute(2, 0, 1).to(q.dtype)  # (heads, N, N)
-        mask = self._mask(H, W, ws, shift, x.device)
-        attn_mask = bias if mask is None else bias + mask.to(q.dtype)
+        if is_capturing():
+            attn_mask = window_attention_bias(self.relative_position_bias_table, H, W, ws, shift, self.window_size,
+                                              self.num_heads).to(q.dtype)
+        else:
+            attn_mask = self._cached_attn_bias(H, W, ws, shift, x.device, q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         out = out.permute(0, 1, 3, 2, 4).reshape(B, nh, nw, ws, ws, C).permute(0, 1, 3, 2, 4, 5).reshape(B, Hp, Wp, C)
-        if shift:
+        if symbolic or shift > 0:
             out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))
         return out[:, :H, :W]
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, heads={self.num_heads}, window={self.window_size}, shifted={self.shifted}"
+
+
+# ---------------------------------------------------------------------------- window geometry (TorchScript-able)
+# torch.fx treats the two wrapped functions as leaves: they read the map size, which is a Proxy while tracing.
+@torch.fx.wrap
+def window_geometry(H: int, W: int, window_size: int, shifted: bool) -> Tuple[int, int, int, int]:
+    """``(ws, shift, Hp, Wp)`` for an ``H x W`` map: maps no larger than a window use one window and no shift."""
+    ws = min(window_size, max(H, W))
+    shift = ws // 2 if shifted and min(H, W) > ws else 0
+    return ws, shift, -(-H // ws) * ws, -(-W // ws) * ws
+
+
+def relative_position_index(ws: int, window_size: int) -> torch.Tensor:
+    """``(N, N)`` index into the ``(2 * window_size - 1) ** 2`` bias table for a ``ws x ws`` window."""
+    coords = torch.stack(torch.meshgrid([torch.arange(ws), torch.arange(ws)], indexing="ij")).flatten(1)
+    rel = coords[:, :, None] - coords[:, None, :] + (window_size - 1)
+    return rel[0] * (2 * window_size - 1) + rel[1]
+
+
+def _position_classes(n: int, n_pad: int, shift: int) -> torch.Tensor:
+    # class of every position of the (rolled) padded map along one axis: 0 normal, 1 wrapped around by the
+    # shift, 2 padding. Tokens attend only within their class.
+    orig = (torch.arange(n_pad) + shift) % n_pad
+    return torch.where(orig >= n, 2, torch.where(orig < shift, 1, 0))
+
+
+def window_mask(H: int, W: int, ws: int, shift: int) -> torch.Tensor:
+    """``(nW, 1, N, N)`` additive mask (0 or -inf) of the padded, rolled ``H x W`` map in ``ws`` windows."""
+    Hp, Wp = -(-H // ws) * ws, -(-W // ws) * ws
+    ids = _position_classes(H, Hp, shift)[:, None] * 3 + _position_classes(W, Wp, shift)[None, :]
+    ids = ids.view(Hp // ws, ws, Wp // ws, ws).permute(0, 2, 1, 3).reshape(-1, ws * ws)
+    same = ids[:, :, None] == ids[:, None, :]
+    mask = torch.zeros(same.shape).masked_fill_(~same, float("-inf"))
+    return mask[:, None]
+
+
+@torch.fx.wrap
+def window_attention_bias(table: torch.Tensor, H: int, W: int, ws: int, shift: int, window_size: int,
+                          num_heads: int) -> torch.Tensor:
+    """Position bias ``(heads, N, N)``, plus the window mask ``(nW, heads, N, N)`` where windows are shifted or
+    padded, computed afresh (the captured path; the eager one caches them)."""
+    N = ws * ws
+    bias = table[relative_position_index(ws, window_size).to(table.device).reshape(-1)]
+    bias = bias.reshape(N, N, num_heads).permute(2, 0, 1)
+    if shift == 0 and H % ws == 0 and W % ws == 0:
+        return bias
+    return bias + window_mask(H, W, ws, shift).to(table.device, table.dtype)

@@ -57,6 +57,7 @@ class Tracker:
     ``interrupted`` or ``failed``). Exceptions are fine: :class:`Trackers` turns them into a warning."""
 
     name: ClassVar[str] = ""
+    install: ClassVar[str] = ""  # what to pip install when its package is missing
 
     def start(self, run: TrackedRun) -> None:
         raise NotImplementedError
@@ -76,6 +77,7 @@ class TensorBoardTracker(Tracker):
     """Event files in ``RUN/tb/``; ``tensorboard --logdir sweeps/NAME/runs`` shows every run of a sweep."""
 
     name = "tensorboard"
+    install = "tensorboard"
 
     def start(self, run: TrackedRun) -> None:
         from torch.utils.tensorboard import SummaryWriter
@@ -98,6 +100,7 @@ class WandbTracker(Tracker):
     (default ``focalexp``), files in ``WANDB_DIR`` (default: the run dir)."""
 
     name = "wandb"
+    install = "focalexp[wandb]"
 
     def start(self, run: TrackedRun) -> None:
         import wandb
@@ -122,6 +125,7 @@ class MlflowTracker(Tracker):
     server that is down costs seconds, once."""
 
     name = "mlflow"
+    install = "focalexp[mlflow]"
     TAG = "focalexp.run_id"
     STATUS = {"done": "FINISHED", "stopped": "FINISHED", "interrupted": "KILLED", "failed": "FAILED"}
 
@@ -205,10 +209,11 @@ def check_trackers(names: Sequence[str], key: str = "train.trackers") -> None:
             raise ConfigError(f"'{name}' is listed twice", key=key)
 
 
-def _warn(name: str, what: str, e: BaseException) -> None:
-    first = (str(e).strip().splitlines() or [""])[0][:200]
-    print(f"focalexp: warning: tracker {name} {what} ({type(e).__name__}: {first}); the run goes on without it",
-          file=sys.stderr, flush=True)
+def _warn(name: str, what: str, e: BaseException | None = None) -> None:
+    if e is not None:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        what = f"{what} ({type(e).__name__}: {first})"
+    print(f"focalexp: warning: tracker {name} {what}; the run goes on without it", file=sys.stderr, flush=True)
 
 
 class Trackers:
@@ -218,9 +223,14 @@ class Trackers:
     def __init__(self, names: Sequence[str] = (), run: TrackedRun | None = None):
         self.active: list[Tracker] = []
         for name in names:
+            tracker = None
             try:
                 tracker = type(_TRACKERS.find(name) or _missing(name))()
                 tracker.start(run)  # type: ignore[arg-type]
+            except ImportError as e:
+                hint = f" (pip install '{tracker.install}')" if tracker is not None and tracker.install else ""
+                _warn(name, f"needs the '{e.name or e}' package{hint}")
+                continue
             except Exception as e:  # noqa: BLE001 - a tracker never fails a run
                 _warn(name, "could not start", e)
                 continue
@@ -254,13 +264,13 @@ def _missing(name: str) -> Tracker:
 
 
 # the names of metrics.jsonl's per-epoch columns in the trackers
-EPOCH_SCALARS = {"epoch": "epoch", "train_loss": "epoch/train_loss", "lr": "epoch/lr",
-                 "images_per_s": "epoch/images_per_s", "epoch_seconds": "epoch/seconds",
+EPOCH_SCALARS = {"epoch": "epoch", "train_loss": "train_epoch/loss", "lr": "train_epoch/lr",
+                 "images_per_s": "train_epoch/images_per_s", "epoch_seconds": "train_epoch/seconds",
                  "eval_loss": "eval/loss", "top1": "eval/top1", "top5": "eval/top5"}
 
 
 def epoch_scalars(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A metrics.jsonl row as tracker scalars (``eval/top1``, ``eval_ema/top1``, ``epoch/train_loss``)."""
+    """A metrics.jsonl row as tracker scalars (``eval/top1``, ``eval_ema/top1``, ``train_epoch/loss``)."""
     out: dict[str, Any] = {}
     for k, v in row.items():
         if k in EPOCH_SCALARS:

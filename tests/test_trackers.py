@@ -117,6 +117,12 @@ def test_wandb_and_mlflow_continue_the_same_run_after_a_resume(tmp_path, monkeyp
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "trackers-test")
     cfg = resolve_run_config(_staged(trackers=["wandb", "mlflow"]))
     assert train(cfg, tmp_path / "run", progress=False)["status"] == "stopped"
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("trackers-test")
+    (first,) = client.search_runs([exp.experiment_id])
+    client.log_metric(first.info.run_id, "train/loss", 0.5, step=3)  # as if killed after step 3's log
     assert train(cfg, tmp_path / "run", progress=False)["status"] == "done"
     assert not (tmp_path / "run" / "tb").exists()  # tensorboard was not asked for
 
@@ -134,16 +140,15 @@ def test_wandb_and_mlflow_continue_the_same_run_after_a_resume(tmp_path, monkeyp
     assert eval_steps == EPOCH_ENDS
 
     # MLflow: one run found by its tag, resumed, finished
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    exp = client.get_experiment_by_name("trackers-test")
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 1
     run = runs[0]
     assert run.data.tags["focalexp.run_id"] == cfg.run_id and run.info.status == "FINISHED"
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == ALL_STEPS
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/top1")] == EPOCH_ENDS
+    history = {k: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, k))
+               for k in ("train/loss", "train/lr", "eval/top1")}
+    assert _steps(history["train/loss"]) == ALL_STEPS  # step 3 once: the killed process's value kept
+    assert dict(history["train/loss"])[3] == 0.5
+    assert _steps(history["train/lr"]) == ALL_STEPS and _steps(history["eval/top1"]) == EPOCH_ENDS
     assert run.data.params["train.epochs"] == "2"
 
 

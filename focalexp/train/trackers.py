@@ -120,7 +120,8 @@ class WandbTracker(Tracker):
 
 class MlflowTracker(Tracker):
     """An MLflow run tagged ``focalexp.run_id`` (found by that tag and resumed by its run_id), in the
-    experiment ``MLFLOW_EXPERIMENT_NAME`` (default ``focalexp``) of ``MLFLOW_TRACKING_URI``. Requests to
+    experiment ``MLFLOW_EXPERIMENT_NAME`` (default ``focalexp``) of ``MLFLOW_TRACKING_URI``. Steps that a
+    killed process logged after its last checkpoint are not logged again (MLflow cannot delete). Requests to
     a server get a short timeout and few retries unless ``MLFLOW_HTTP_REQUEST_*`` say otherwise, so a
     server that is down costs seconds, once."""
 
@@ -141,9 +142,14 @@ class MlflowTracker(Tracker):
         exp = c.get_experiment_by_name(name)
         eid = exp.experiment_id if exp is not None else c.create_experiment(name)
         found = c.search_runs([eid], filter_string=f"tags.`{self.TAG}` = '{run.run_id}'", max_results=1)
+        self.logged: dict[str, int] = {}  # key -> last step a killed process logged after its last checkpoint
         if found:
             self.run_id = found[0].info.run_id
             c.update_run(self.run_id, status="RUNNING")
+            for key in found[0].data.metrics:  # resume is exact: those steps would log the same values again
+                last = max((m.step for m in c.get_metric_history(self.run_id, key)), default=-1)
+                if last > run.start_step:
+                    self.logged[key] = last
         else:
             self.run_id = c.create_run(eid, run_name=run.run_id, tags={
                 self.TAG: run.run_id, "mlflow.note.content": run.name}).info.run_id
@@ -153,7 +159,9 @@ class MlflowTracker(Tracker):
         import time
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[self.Metric(k, v, now, step) for k, v in scalars.items()])
+        metrics = [self.Metric(k, v, now, step) for k, v in scalars.items() if step > self.logged.get(k, -1)]
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics)
 
     def finish(self, status: str) -> None:
         self.client.set_terminated(self.run_id, self.STATUS.get(status, "FINISHED"))

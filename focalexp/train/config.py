@@ -103,8 +103,8 @@ class RunConfig:
         return to_plain(self)
 
     def experiment_dict(self) -> dict[str, Any]:
-        """The config without operational knobs (threads, workers, checkpoint cadence, staged stops),
-        which change how a run is executed but not what it computes."""
+        """The config without operational knobs (threads, workers, checkpoint cadence, staged stops,
+        trackers and their cadence), which change how a run is executed but not what it computes."""
         d = self.to_dict()
         for section, key in OPERATIONAL_KEYS:
             d[section].pop(key, None)

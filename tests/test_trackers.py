@@ -151,6 +151,17 @@ def test_wandb_and_mlflow_continue_the_same_run_after_a_resume(tmp_path, monkeyp
     assert _steps(history["train/lr"]) == ALL_STEPS and _steps(history["eval/top1"]) == EPOCH_ENDS
     assert run.data.params["train.epochs"] == "2"
 
+    # the same experiment trained again from scratch (another dir) gets an MLflow run of its own, and a
+    # resume continues the latest one
+    from focalexp.train.trackers import MlflowTracker, TrackedRun
+
+    fresh = MlflowTracker()
+    fresh.start(TrackedRun(cfg.run_id, tmp_path / "again", cfg.to_dict(), start_step=0))
+    assert fresh.run_id != run.info.run_id
+    resumed = MlflowTracker()
+    resumed.start(TrackedRun(cfg.run_id, tmp_path / "again", cfg.to_dict(), start_step=2))
+    assert resumed.run_id == fresh.run_id
+
 
 def _free_port() -> int:
     with socket.socket() as s:

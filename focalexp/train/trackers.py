@@ -119,7 +119,7 @@ class WandbTracker(Tracker):
 
 
 class MlflowTracker(Tracker):
-    """An MLflow run tagged ``focalexp.run_id`` (found by that tag and resumed by its run_id), in the
+    """An MLflow run tagged ``focalexp.run_id`` (on resume found by that tag and resumed by its run_id), in the
     experiment ``MLFLOW_EXPERIMENT_NAME`` (default ``focalexp``) of ``MLFLOW_TRACKING_URI``. Steps that a
     killed process logged after its last checkpoint are not logged again (MLflow cannot delete). Requests to
     a server get a short timeout and few retries unless ``MLFLOW_HTTP_REQUEST_*`` say otherwise, so a
@@ -141,7 +141,10 @@ class MlflowTracker(Tracker):
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "focalexp"
         exp = c.get_experiment_by_name(name)
         eid = exp.experiment_id if exp is not None else c.create_experiment(name)
-        found = c.search_runs([eid], filter_string=f"tags.`{self.TAG}` = '{run.run_id}'", max_results=1)
+        # a resumed run continues the latest MLflow run of its id; a fresh one (the same experiment trained
+        # again, in another dir or from scratch) gets its own, so that no history is mixed or dropped
+        found = c.search_runs([eid], filter_string=f"tags.`{self.TAG}` = '{run.run_id}'", max_results=1,
+                              order_by=["attributes.start_time DESC"]) if run.resumed else []
         self.logged: dict[str, int] = {}  # key -> last step a killed process logged after its last checkpoint
         if found:
             self.run_id = found[0].info.run_id

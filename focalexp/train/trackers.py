@@ -84,8 +84,8 @@ class TensorBoardTracker(Tracker):
 
         # purge_step: events a killed process wrote after its last checkpoint are dropped by the readers
         # (TensorBoard, EventAccumulator); step start_step itself was logged before that checkpoint
-        self.writer = SummaryWriter(log_dir=str(run.run_dir / "tb"), purge_step=run.start_step + 1 if run.resumed else 0,
-                                    flush_secs=30)
+        purge = run.start_step + 1 if run.resumed else 0
+        self.writer = SummaryWriter(log_dir=str(run.run_dir / "tb"), purge_step=purge, flush_secs=30)
 
     def log(self, scalars: Mapping[str, float], step: int) -> None:
         for k, v in scalars.items():
@@ -105,7 +105,6 @@ class WandbTracker(Tracker):
     def start(self, run: TrackedRun) -> None:
         import wandb
 
-        self.wandb = wandb
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT") or "focalexp", id=run.run_id, resume="allow", name=run.name,
             config=run.config, dir=None if os.environ.get("WANDB_DIR") else str(run.run_dir),
@@ -119,11 +118,11 @@ class WandbTracker(Tracker):
 
 
 class MlflowTracker(Tracker):
-    """An MLflow run tagged ``focalexp.run_id`` (on resume found by that tag and resumed by its run_id), in the
-    experiment ``MLFLOW_EXPERIMENT_NAME`` (default ``focalexp``) of ``MLFLOW_TRACKING_URI``. Steps that a
-    killed process logged after its last checkpoint are not logged again (MLflow cannot delete). Requests to
-    a server get a short timeout and few retries unless ``MLFLOW_HTTP_REQUEST_*`` say otherwise, so a
-    server that is down costs seconds, once."""
+    """An MLflow run tagged ``focalexp.run_id`` (a resume finds the latest by that tag and continues it
+    by its run_id), in the experiment ``MLFLOW_EXPERIMENT_NAME`` (default ``focalexp``) of
+    ``MLFLOW_TRACKING_URI``. Steps that a killed process logged after its last checkpoint are not logged
+    again (MLflow cannot delete them). Requests to a server get a short timeout and few retries unless
+    ``MLFLOW_HTTP_REQUEST_*`` say otherwise, so a server that is down costs seconds, once."""
 
     name = "mlflow"
     install = "focalexp[mlflow]"

@@ -191,6 +191,7 @@ def test_two_processes_match_one_at_the_same_global_batch(tmp_path):
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], atol=1e-4, rtol=1e-3)
     assert json.loads((tmp_path / "two" / "result.json").read_text())["world_size"] == 2
+    assert len(list((tmp_path / "two" / "tb").glob("events.out.tfevents.*"))) == 1  # only rank 0 logs
 
 
 def test_non_finite_loss_fails_and_keeps_earlier_checkpoints(tmp_path, capsys):

@@ -17,6 +17,7 @@ from ..config import apply_overrides, build, content_hash, deep_merge, load_yaml
 from ..config import opt as _f  # (a field below is named `opt`)
 from ..data.config import DataConfig, check_data, default_img_size, input_channels, num_classes_of
 from ..errors import ConfigError, FocalexpError, closest, did_you_mean
+from .trackers import check_trackers
 
 
 @dataclass
@@ -55,6 +56,9 @@ class TrainConfig:
     checkpoint_every_steps: Optional[int] = _f(None, "also save last.pth every N steps (and always per epoch)", min=1)
     stop_after_epochs: Optional[int] = _f(
         None, "end this process after N epochs (a later run resumes): for staged or tested preemption", min=1)
+    trackers: list[str] = _f(["tensorboard"], "where the run logs its scalars (rank 0): tensorboard (RUN/tb/), "
+                             "wandb, mlflow, or a tracker a package registers; [] for none")
+    log_every: int = _f(50, "log per-step scalars (loss, lr, images/s, grad norm, memory) every N steps", min=1)
 
 
 @dataclass
@@ -99,8 +103,8 @@ class RunConfig:
         return to_plain(self)
 
     def experiment_dict(self) -> dict[str, Any]:
-        """The config without operational knobs (threads, workers, checkpoint cadence, staged stops),
-        which change how a run is executed but not what it computes."""
+        """The config without operational knobs (threads, workers, checkpoint cadence, staged stops,
+        trackers and their cadence), which change how a run is executed but not what it computes."""
         d = self.to_dict()
         for section, key in OPERATIONAL_KEYS:
             d[section].pop(key, None)
@@ -134,7 +138,7 @@ class RunConfig:
 
 SECTIONS = ("recipe", "seed", "model", "data", "train", "eval")
 OPERATIONAL_KEYS = (("train", "threads"), ("data", "workers"), ("train", "checkpoint_every_steps"),
-                    ("train", "stop_after_epochs"))
+                    ("train", "stop_after_epochs"), ("train", "trackers"), ("train", "log_every"))
 
 
 def _closest_section(name: str) -> str | None:
@@ -232,6 +236,7 @@ def validate(cfg: RunConfig, data_present: bool = True) -> None:
     if t.warmup_epochs >= t.epochs and t.epochs > 1:
         raise ConfigError(f"{t.warmup_epochs} is not shorter than train.epochs {t.epochs}", key="train.warmup_epochs")
     check_optimizer(t.opt)
+    check_trackers(t.trackers)
     if (t.mixup or t.cutmix) and cfg.data.dataset == "pathfinder":
         raise ConfigError("mixing pathfinder images destroys their labels (connected or not); keep 0", key="train.mixup")
     if t.amp == "fp16" and t.device == "cpu":

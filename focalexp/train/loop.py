@@ -9,6 +9,9 @@ Run directory (rank 0 writes, every file atomically):
                    ``checkpoint_every_steps`` and when the process is told to stop
 ``best.pth``       the best weights so far (focalexp format: ``create_model(checkpoint=...)`` rebuilds it)
 ``result.json``    top1, top5, params, gmacs, train_seconds, images_per_s, peak_memory_mb, status, reason
+``tb/``            TensorBoard event files (``train.trackers``, :mod:`focalexp.train.trackers`): every
+                   ``train.log_every`` steps train/loss, lr, images/s, grad norm and peak memory; every
+                   epoch the metrics.jsonl row; x axis: optimizer steps, continued on resume
 
 Resuming from ``last.pth`` continues bit-identically on CPU: the batches of epoch ``e`` are a permutation
 seeded by ``(seed, e)``, augmentation is seeded per item, and all RNG streams of the process are restored.
@@ -37,6 +40,7 @@ from ..models.checkpoint import atomic_save, read_state, save_model
 from .config import RunConfig
 from ..fileio import atomic_write_text
 from .distributed import DistInfo, all_reduce_sum, barrier, setup_distributed, teardown
+from .trackers import TrackedRun, Trackers, epoch_scalars
 
 RUN_FORMAT = "focalexp-run"
 
@@ -354,6 +358,24 @@ class Trainer:
             write_json(self.out / "result.json", {**result_base, "status": "running"})
         t = self.cfg.train
         stop_at = t.epochs if t.stop_after_epochs is None else min(t.epochs, epoch + t.stop_after_epochs)
+        self.trackers = Trackers(t.trackers if main and epoch < stop_at else (), TrackedRun(
+            self.cfg.run_id, self.out, self.cfg.to_dict(), self.global_step,
+            f"{self.cfg.model.get('preset')} {self.cfg.data.dataset} seed {self.cfg.seed} ({self.cfg.run_id})"))
+        self._window = [0.0, 0, 0.0]  # loss sum, images, seconds since the trackers' last per-step log
+        self._pending: tuple | None = None
+        status = "failed"
+        try:
+            result = self._train(epoch, start, stop_at)
+            status = result["status"]
+            return result
+        except RunInterrupted:
+            status = "interrupted"
+            raise
+        finally:
+            self.trackers.finish(status)
+
+    def _train(self, epoch: int, start: int, stop_at: int) -> dict:
+        main, t = self.dist.is_main, self.cfg.train
         try:
             with _StopSignals() as stops:
                 while epoch < stop_at:
@@ -367,6 +389,7 @@ class Trainer:
                                 "last.pth continues the run"}
             if main:
                 write_json(self.out / "result.json", result)
+            self.trackers.finish("interrupted")
             stops.hand_over()  # submitit: checkpoint() + requeue, then exit
             raise
         except NonFiniteLoss as e:
@@ -407,14 +430,20 @@ class Trainer:
             stats = torch.tensor([loss.item() * len(y), len(y), 0.0 if math.isfinite(loss.item()) else 1.0,
                                   float(stops.caught is not None)], dtype=torch.float64, device=self.device)
             stats = all_reduce_sum(stats, self.dist).cpu()
+            self._flush_log()  # the step logged last: its grad norm is ready now (the .cpu() above waited)
             if stats[2] > 0:
                 kept = [n for n in ("last.pth", "best.pth") if (self.out / n).exists()]
                 raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; " + (
                     f"{' and '.join(kept)} hold the last good state" if kept else "no checkpoint was written yet"))
             self.scaler.scale(loss).backward()
+            grad_norm = None
             if t.clip_grad:
                 self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad)
+                grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad)
+            log_now = bool(self.trackers) and (self.global_step + 1) % t.log_every == 0
+            if log_now and grad_norm is None:
+                grad_norm = self._grad_norm()
+            lr = self.optimizer.param_groups[0]["lr"]
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
@@ -429,16 +458,44 @@ class Trainer:
             now = time.perf_counter()
             self.running["seconds"] += now - t0
             self.running["samples"] += n
+            w = self._window
+            w[0], w[1], w[2] = w[0] + float(stats[0]), w[1] + n, w[2] + now - t0
+            if log_now:
+                self._pending = (self.global_step, {
+                    "train/loss": w[0] / max(w[1], 1), "train/lr": lr, "train/images_per_s": w[1] / max(w[2], 1e-9),
+                    "system/peak_memory_mb": process_peak_memory_mb(self.device)}, grad_norm)
+                self._window = [0.0, 0, 0.0]
             t0 = now
             bar.update(1)
             bar.set_postfix(loss=f"{self.running['loss_sum'] / self.running['count']:.3f}")
             if stats[3] > 0:
+                self._flush_log()
                 self._stop_epoch = epoch + 1
                 self._save_last(epoch, step)
                 raise RunInterrupted()
             if t.checkpoint_every_steps and self.global_step % t.checkpoint_every_steps == 0 and step < self.steps_per_epoch:
                 self._save_last(epoch, step)
         bar.close()
+
+    def _grad_norm(self) -> torch.Tensor:
+        """The global gradient norm (DDP has averaged the gradients), as a tensor: read at the next sync."""
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(self.optimizer)  # scaler.step() will not unscale again
+        grads = [p.grad.detach() for p in self.model.parameters() if p.grad is not None]
+        if not grads:
+            return torch.zeros(())
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+
+    def _flush_log(self) -> None:
+        """Send the per-step scalars kept at the last logging step (reading its grad norm: no extra sync
+        when called after one)."""
+        if self._pending is None:
+            return
+        step, scalars, grad_norm = self._pending
+        self._pending = None
+        if grad_norm is not None:
+            scalars["train/grad_norm"] = grad_norm.item()
+        self.trackers.log(scalars, step)
 
     def _end_epoch(self, epoch: int) -> None:
         """After ``epoch`` epochs: schedule, evaluate, log, checkpoint."""
@@ -459,6 +516,8 @@ class Trainer:
             if self.ema is not None:
                 row.update({f"ema_{k}": v for k, v in self.evaluate(self.ema.module).items()})
         self.metrics.append(row)
+        self._flush_log()
+        self.trackers.log(epoch_scalars(row), self.global_step)
         self.running = {"loss_sum": 0.0, "count": 0, "seconds": 0.0, "samples": 0}
         if self.dist.is_main and self.progress is not False:  # one plain line per epoch (job logs, pipes)
             acc = f", top-1 {row['top1']:.2f}" if "top1" in row else ""

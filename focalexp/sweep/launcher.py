@@ -61,24 +61,45 @@ class Submission:
     each group of runs to :meth:`send` with its executor."""
 
     def __init__(self, spec: SweepSpec, sweep: SweepDir, backend: Backend) -> None:
+        import sys
+        import time
+
         self.spec, self.sweep, self.backend = spec, sweep, backend
         self.settings = task_settings(spec)
+        self.code = None  # the code snapshot the jobs run from (launcher.snapshot), made at the first send
+        self.origin = {"cwd": os.getcwd(), "argv": list(sys.argv), "time": time.time(), "snapshot": None}
 
     def call(self, run: Run) -> tuple:
         """What the job calls on the node: ``RunJob()(*call)``."""
-        return (run.task, run.config, str(self.sweep.run_dir(run.run_id).resolve()), self.settings)
+        return (run.task, run.config, str(self.sweep.run_dir(run.run_id).resolve()), self.settings, self.origin)
+
+    def snapshot(self):
+        """The code snapshot of this submission (made once, at the first call) when the spec asks for one."""
+        if self.spec.launcher.snapshot and self.code is None:
+            import time
+
+            from .snapshot import make_snapshot
+
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+            dest = self.sweep.path.resolve() / "snapshots" / f"{stamp}-{os.getpid()}"
+            self.code = make_snapshot(dest)
+            self.origin["snapshot"] = str(self.code)
+        return self.code
 
     def send(self, executor: Any, runs: list[Run], *, array: bool = False) -> list[Any]:
         """Submit ``runs`` through a submitit ``executor`` (``array``: as one job array, submitit's
         ``batch``), recording a "submitting" line per run before and a "submitted" line after."""
         import submitit
 
+        from .snapshot import running_from
+
         name = self.backend.name
+        code = self.snapshot()
         for r in runs:
             self.sweep.record(event="submitting", run_id=r.run_id, cluster=name)
         # sbatch hands the caller's environment to the job, and a local job inherits it: SLURM_* of an
         # enclosing job would leak in (a sweep launched from inside a job stays where it was sent)
-        with submitit.helpers.clean_env():
+        with submitit.helpers.clean_env(), running_from(code):
             if array:
                 with executor.batch():
                     jobs = [executor.submit(RunJob(), *self.call(r)) for r in runs]

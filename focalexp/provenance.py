@@ -2,8 +2,7 @@
 start, then every resume and requeue), each written atomically when the attempt starts.
 
 An attempt records focalexp's version and the git state of its source tree (commit, dirty flag, SHA-256 of
-``git diff HEAD``), the same for the working directory the run was submitted from when that is a git
-checkout, Python/torch/timm/CUDA/cuDNN versions, the devices, the host, the SLURM job (id, array index, node
+``git diff HEAD``), the same for the working directory the run was submitted from (as it was at submission), Python/torch/timm/CUDA/cuDNN versions, the devices, the host, the SLURM job (id, array index, node
 list), the command lines (of this process and of the submission) and the start time. A run started from a
 code snapshot (``launcher.snapshot``) says so and names the snapshot's commit.
 
@@ -131,16 +130,19 @@ def slurm_job() -> dict[str, Any] | None:
             "array_task_id": env.get("SLURM_ARRAY_TASK_ID"), "nodelist": env.get("SLURM_JOB_NODELIST")}
 
 
+def workdir_state(cwd: str | os.PathLike) -> dict[str, Any]:
+    """``{path, commit, dirty, diff_sha256}`` of a working directory (None git fields where it is no checkout)."""
+    git = git_state(str(cwd))
+    return {"path": str(cwd), **{k: git[k] for k in ("commit", "dirty", "diff_sha256")}}
+
+
 def attempt(origin: Mapping[str, Any] | None = None, job: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """One attempt's record. ``origin``: what the launcher knew at submission (``cwd``, ``argv``, ``time``);
-    ``job``: the submitit job (``id``, ``backend``)."""
+    """One attempt's record. ``origin``: what the launcher knew at submission (``cwd``, ``workdir``: its git
+    state then, ``argv``, ``time``, ``snapshot``); ``job``: the submitit job (``id``, ``backend``)."""
     origin = dict(origin or {})
     cwd = origin.get("cwd")
-    workdir = None
-    if isinstance(cwd, str) and cwd:
-        git = git_state(cwd)
-        workdir = {"path": cwd, **{k: git[k] for k in ("commit", "dirty", "diff_sha256")}} if git["root"] else \
-            {"path": cwd, "commit": None, "dirty": None, "diff_sha256": None}
+    workdir = origin.get("workdir") if isinstance(origin.get("workdir"), dict) else \
+        workdir_state(cwd) if isinstance(cwd, str) and cwd else None
     now = time.time()
     return {
         "start_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),

@@ -67,7 +67,11 @@ class Submission:
         self.spec, self.sweep, self.backend = spec, sweep, backend
         self.settings = task_settings(spec)
         self.code = None  # the code snapshot the jobs run from (launcher.snapshot), made at the first send
-        self.origin = {"cwd": os.getcwd(), "argv": list(sys.argv), "time": time.time(), "snapshot": None}
+        from ..provenance import workdir_state
+
+        cwd = os.getcwd()  # the working directory's git state as the user submitted (provenance.json: workdir)
+        self.origin = {"cwd": cwd, "workdir": workdir_state(cwd), "argv": list(sys.argv), "time": time.time(),
+                       "snapshot": None}
 
     def call(self, run: Run) -> tuple:
         """What the job calls on the node: ``RunJob()(*call)``."""

@@ -31,7 +31,7 @@ SNAPSHOT_MARK = ".focalexp-snapshot.json"  # at the root of a code snapshot: whe
 GIT_TIMEOUT_S = 5.0
 
 
-def _git(args: list[str], cwd: Path) -> bytes | None:
+def run_git(args: list[str], cwd: Path) -> bytes | None:
     try:
         p = subprocess.run(["git", *args], cwd=cwd, capture_output=True, timeout=GIT_TIMEOUT_S,
                            env={**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"})
@@ -49,15 +49,15 @@ def git_state(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
     if not p.is_dir():
         return out
-    root = _git(["rev-parse", "--show-toplevel"], p)
+    root = run_git(["rev-parse", "--show-toplevel"], p)
     if root is None:
         return out
     out["root"] = root.decode("utf-8", "replace").strip()
-    commit = _git(["rev-parse", "--verify", "-q", "HEAD"], p)
+    commit = run_git(["rev-parse", "--verify", "-q", "HEAD"], p)
     if commit is None:  # a repository without a commit
         return out
     out["commit"] = commit.decode().strip()
-    diff = _git(["diff", "HEAD", "--binary", "--no-color", "--no-ext-diff"], p)
+    diff = run_git(["diff", "HEAD", "--binary", "--no-color", "--no-ext-diff"], p)
     if diff is not None:
         out["dirty"] = bool(diff)
         out["diff_sha256"] = hashlib.sha256(diff).hexdigest() if diff else None

@@ -104,8 +104,11 @@ def test_git_state_of_a_checkout_follows_edits(tmp_path):
 def test_without_git_every_git_field_is_null(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no git on PATH
     assert git_state(REPO) == {"root": None, "commit": None, "dirty": None, "diff_sha256": None}
-    a = provenance.attempt({"cwd": str(REPO)})
-    assert a["workdir"]["commit"] is None
+    provenance.git_state.cache_clear()
+    try:
+        assert provenance.attempt({"cwd": str(REPO)})["workdir"]["commit"] is None
+    finally:
+        provenance.git_state.cache_clear()
 
 
 # ------------------------------------------------------------------ the run dir

@@ -143,7 +143,7 @@ class RunJob(submitit.helpers.Checkpointable):
         out = Path(run_dir)
         out.mkdir(parents=True, exist_ok=True)
         with _interruptible():
-            job_id, _ = _job()
+            job_id, backend = _job()
             if cancelled_job(out) == job_id:  # checked after SIGINT works: a cancel lands either way
                 return {"status": "cancelled", "reason": f"job {job_id} was cancelled before it started"}
             ok, holder = claim_run(out)
@@ -153,6 +153,6 @@ class RunJob(submitit.helpers.Checkpointable):
             if origin.get("snapshot") and isinstance(origin.get("cwd"), str) and os.path.isdir(origin["cwd"]):
                 os.chdir(origin["cwd"])
             if _first_process():
-                provenance.record_attempt(out, origin, {"id": job_id, "backend": _job()[1]})
+                provenance.record_attempt(out, origin, {"id": job_id, "backend": backend})
             t = get_task(task)
             return t.run(t.from_plain(config), str(out), dict(settings))

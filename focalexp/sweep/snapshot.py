@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import FocalexpError
-from ..provenance import SNAPSHOT_MARK, _git, code_root, git_state
+from ..provenance import SNAPSHOT_MARK, code_root, git_state, run_git
 
 
 def make_snapshot(dest: Path, source: Path | None = None) -> Path:
@@ -40,7 +40,7 @@ def make_snapshot(dest: Path, source: Path | None = None) -> Path:
         if git["root"] and git["commit"] and rsync:
             root = Path(git["root"]).resolve()
             rel = source.relative_to(root)
-            untracked = (_git(["ls-files", "--others", "--exclude-standard", "-z", "--", str(rel / "focalexp")],
+            untracked = (run_git(["ls-files", "--others", "--exclude-standard", "-z", "--", str(rel / "focalexp")],
                               root) or b"").decode("utf-8", "replace").split("\0")
             with submitit.helpers.RsyncSnapshot(dest, root_dir=root, include=[u for u in untracked if u]):
                 pass

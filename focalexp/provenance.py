@@ -7,7 +7,9 @@ list), the command lines (of this process and of the submission) and the start t
 code snapshot (``launcher.snapshot``) says so and names the snapshot's commit.
 
 Nothing here fails a run: a missing git, a tree that is no checkout, a slow git (5 s per call) leave null
-fields. Git and the versions are asked once per process.
+fields. On the node, focalexp's git state and the versions are asked once per process
+(:func:`code_state`, :func:`environment`); :func:`git_state` itself asks every time (a launcher in a notebook
+submits again after edits).
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ def run_git(args: list[str], cwd: Path) -> bytes | None:
     return p.stdout if p.returncode == 0 else None
 
 
-@functools.lru_cache(maxsize=16)
 def git_state(path: str | os.PathLike) -> dict[str, Any]:
     """``{root, commit, dirty, diff_sha256}`` of the git checkout holding ``path`` (``dirty``: ``git diff
     HEAD`` is not empty, i.e. tracked files differ from the commit; ``diff_sha256``: the hash of that diff,
@@ -132,7 +133,7 @@ def slurm_job() -> dict[str, Any] | None:
 
 def workdir_state(cwd: str | os.PathLike) -> dict[str, Any]:
     """``{path, commit, dirty, diff_sha256}`` of a working directory (None git fields where it is no checkout)."""
-    git = git_state(str(cwd))
+    git = git_state(cwd)
     return {"path": str(cwd), **{k: git[k] for k in ("commit", "dirty", "diff_sha256")}}
 
 

@@ -24,7 +24,7 @@ from focalexp.sweep.store import SweepDir
 from .conftest import invoke, tiny_run
 
 REPO = Path(__file__).resolve().parents[1]
-git_state = provenance.git_state.__wrapped__  # uncached: the tests change the tree between calls
+git_state = provenance.git_state
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -104,11 +104,7 @@ def test_git_state_of_a_checkout_follows_edits(tmp_path):
 def test_without_git_every_git_field_is_null(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no git on PATH
     assert git_state(REPO) == {"root": None, "commit": None, "dirty": None, "diff_sha256": None}
-    provenance.git_state.cache_clear()
-    try:
-        assert provenance.attempt({"cwd": str(REPO)})["workdir"]["commit"] is None
-    finally:
-        provenance.git_state.cache_clear()
+    assert provenance.attempt({"cwd": str(REPO)})["workdir"]["commit"] is None
 
 
 # ------------------------------------------------------------------ the run dir
@@ -228,6 +224,28 @@ def submitted_jobs(sweep: Path) -> list[dict]:
     except OSError:
         return []
     return [e for e in map(json.loads, lines) if e.get("event") == "submitted"]
+
+
+def test_a_snapshot_holds_the_code_as_it_is_on_disk_and_says_what_it_was(tmp_path):
+    from focalexp.sweep.snapshot import make_snapshot
+
+    repo = code_repo(tmp_path)
+    set_version(repo, "1.5.0-dirty")  # an uncommitted edit and a new module are part of the code
+    (repo / "focalexp" / "new_module.py").write_text("X = 1\n")
+    code = make_snapshot(tmp_path / "snap", repo)
+    assert "1.5.0-dirty" in (code / "focalexp" / "__init__.py").read_text()
+    assert (code / "focalexp" / "new_module.py").exists()
+    mark = json.loads((code / provenance.SNAPSHOT_MARK).read_text())
+    state = git_state(repo)
+    assert mark["commit"] == state["commit"] and mark["dirty"] is True
+    assert mark["diff_sha256"] == state["diff_sha256"] and mark["source"] == str(repo.resolve())
+    assert mark["method"] == ("rsync" if shutil.which("rsync") else "copy")
+    plain = tmp_path / "plain"  # no checkout: the package tree is copied
+    shutil.copytree(repo / "focalexp", plain / "focalexp")
+    code = make_snapshot(tmp_path / "snap2", plain)
+    mark = json.loads((code / provenance.SNAPSHOT_MARK).read_text())
+    assert code == tmp_path / "snap2" and mark["method"] == "copy" and mark["commit"] is None
+    assert (code / "focalexp" / "new_module.py").exists() and not list(code.rglob("__pycache__"))
 
 
 LAUNCH = ("import sys; from focalexp.sweep import launch, load_spec; "

@@ -188,20 +188,26 @@ def record_attempt(run_dir: str | os.PathLike, origin: Mapping[str, Any] | None 
         return None
 
 
+def _text(v: Any) -> str | None:
+    return v if isinstance(v, str) else None
+
+
 def run_code(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The code of a run's latest attempt: ``{commit, dirty, diff_sha256, snapshot}`` (None fields where the
-    run has no provenance), and ``versions``: every distinct (commit, diff_sha256) of its attempts."""
-    attempts = read(run_dir)
-    versions = []
-    for a in attempts:
-        c = a.get("code") if isinstance(a.get("code"), dict) else {}
-        v = (c.get("commit"), c.get("diff_sha256"))
+    run has no provenance), and ``versions``: every distinct (commit, diff_sha256) of its attempts. The file
+    is a user file: a field of the wrong type reads as None."""
+    codes = [a["code"] if isinstance(a.get("code"), dict) else {} for a in read(run_dir)]
+    versions: list[tuple] = []
+    for c in codes:
+        v = (_text(c.get("commit")), _text(c.get("diff_sha256")))
         if v not in versions:
             versions.append(v)
-    last = attempts[-1].get("code") if attempts and isinstance(attempts[-1].get("code"), dict) else {}
+    last = codes[-1] if codes else {}
     snap = last.get("snapshot")
-    return {"commit": last.get("commit"), "dirty": last.get("dirty"), "diff_sha256": last.get("diff_sha256"),
-            "snapshot": snap.get("dir") if isinstance(snap, dict) else None, "versions": versions}
+    dirty = last.get("dirty")
+    return {"commit": _text(last.get("commit")), "dirty": dirty if isinstance(dirty, bool) else None,
+            "diff_sha256": _text(last.get("diff_sha256")),
+            "snapshot": _text(snap.get("dir")) if isinstance(snap, dict) else None, "versions": versions}
 
 
 def describe(version: tuple) -> str:

@@ -176,6 +176,11 @@ def test_a_run_resumed_on_other_code_counts_as_mixed(tmp_path):
     (rd / "provenance.json").write_text(json.dumps(data))
     assert collect(sw).attrs["mixed_code"].startswith("warning: the runs of this sweep ran from 2 different")
     assert collect(sw)["code_commit"].iloc[0] == "f" * 40  # the columns are the latest attempt's
+    data["attempts"].append({"attempt": 3, "code": {"commit": ["x"], "dirty": "yes", "snapshot": {"dir": 1}}})
+    (rd / "provenance.json").write_text(json.dumps(data))  # a hostile file: wrong types read as unknown
+    df = collect(sw)
+    assert df["code_commit"].iloc[0] is None and df["code_dirty"].iloc[0] is None
+    assert "3 different versions" in df.attrs["mixed_code"] and "unknown commit" in df.attrs["mixed_code"]
 
 
 @pytest.mark.parametrize("value, message", [

@@ -2,7 +2,9 @@
 
 What every backend shares lives here: the plan (what to (re)submit), the sweep lock, retries (a failed
 run's ``result.json`` moved aside) and the ``jobs.jsonl`` records, a "submitting" line before each
-submission and a "submitted" line (job id, log paths) after it (:meth:`Submission.send`).
+submission and a "submitted" line (job id, log paths) after it (:meth:`Submission.send`), what the jobs'
+``provenance.json`` learns of the submission, and the code snapshot they run from (``launcher.snapshot``,
+:mod:`focalexp.sweep.snapshot`).
 
 Re-running is safe and idempotent: runs that are done are skipped, queued/running ones are left
 alone, missing and stopped ones are (re)submitted, failed and cancelled ones only with
@@ -12,10 +14,14 @@ alone, missing and stopped ones are (re)submitted, failed and cancelled ones onl
 from __future__ import annotations
 
 import os
+import sys
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ConfigError, did_you_mean
+from ..provenance import workdir_state
 from .backends import Backend, find_backend, get_backend
 from .job import RunJob, request_cancel
 from .spec import LauncherConfig, Run, SweepSpec
@@ -61,15 +67,11 @@ class Submission:
     each group of runs to :meth:`send` with its executor."""
 
     def __init__(self, spec: SweepSpec, sweep: SweepDir, backend: Backend) -> None:
-        import sys
-        import time
-
         self.spec, self.sweep, self.backend = spec, sweep, backend
         self.settings = task_settings(spec)
         self.code = None  # the code snapshot the jobs run from (launcher.snapshot), made at the first send
-        from ..provenance import workdir_state
-
-        cwd = os.getcwd()  # the working directory's git state as the user submitted (provenance.json: workdir)
+        # what the jobs' provenance.json says of the submission; the working directory's git state as it is now
+        cwd = os.getcwd()
         self.origin = {"cwd": cwd, "workdir": workdir_state(cwd), "argv": list(sys.argv), "time": time.time(),
                        "snapshot": None}
 
@@ -77,11 +79,9 @@ class Submission:
         """What the job calls on the node: ``RunJob()(*call)``."""
         return (run.task, run.config, str(self.sweep.run_dir(run.run_id).resolve()), self.settings, self.origin)
 
-    def snapshot(self):
+    def snapshot(self) -> Path | None:
         """The code snapshot of this submission (made once, at the first call) when the spec asks for one."""
         if self.spec.launcher.snapshot and self.code is None:
-            import time
-
             from .snapshot import make_snapshot
 
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())

@@ -453,8 +453,12 @@ def _summarize_sweep(sweep_dir) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from .sweep import SweepDir, status
+    from .sweep.collect import mixed_code
 
     states = status(args.dir)
+    warning = mixed_code(args.dir)
+    if warning:
+        print(warning, file=sys.stderr)
     axes = SweepDir(args.dir).manifest()["axes"]
     if args.json:
         print(json.dumps([{k: v for k, v in s.to_dict().items() if k != "result"} for s in states], indent=1))

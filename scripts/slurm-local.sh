@@ -37,7 +37,9 @@ CONF_DIR=/etc/slurm
 SLURM_CONF_FILE="$CONF_DIR/slurm.conf"
 DBD_CONF_FILE="$CONF_DIR/slurmdbd.conf"
 MARK="# written by focalexp scripts/slurm-local.sh"
-PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server)
+# rsync: launcher.snapshot copies the code with submitit's RsyncSnapshot on the submitting host (without it,
+# focalexp copies the package tree instead)
+PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server rsync)
 MUNGE_PID=/run/munge/munged.pid
 MYSQL_DIR="$STATE/mysql"
 MYSQL_CNF="$STATE/my.cnf"

@@ -21,6 +21,7 @@ import yaml
 from focalexp.sweep import cancel, collect, status
 
 from .conftest import tiny_run
+from .test_provenance import code_repo, git, set_version
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -172,6 +173,12 @@ def test_requeued_mid_training_resumes_to_the_same_result(tmp_path):
     assert not restarts or int(restarts[0].split("=")[1]) >= 1
     epochs = [json.loads(x)["epoch"] for x in (rd / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3]
+    from focalexp import provenance
+
+    attempts = provenance.read(rd)  # the start and the requeue, each with its SLURM job
+    assert [a["attempt"] for a in attempts] == list(range(1, len(attempts) + 1)) and len(attempts) >= 2
+    assert all(a["slurm"]["job_id"] and a["slurm"]["nodelist"] for a in attempts)
+    assert {a["job"]["id"] for a in attempts} == {final.job_id}
     # the same config trained without interruption, in this process, with the job's one thread
     from focalexp.train.config import resolve_run_config
     from focalexp.train.loop import train
@@ -188,3 +195,44 @@ def test_requeued_mid_training_resumes_to_the_same_result(tmp_path):
     a = torch.load(rd / "last.pth", weights_only=True)["model"]
     b = torch.load(tmp_path / "ref" / "last.pth", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_job_held_in_the_queue_across_an_edit_runs_the_snapshot(tmp_path):
+    """launcher.snapshot: the job is submitted held (sbatch --hold), focalexp's version is edited in the
+    checkout it was submitted from, the job is released: it runs the code of the submission."""
+    repo = code_repo(tmp_path)
+    set_version(repo, "1.0.0-before")
+    git(repo, "commit", "-qam", "before")
+    head = git(repo, "rev-parse", "HEAD").strip()
+    spec = spec_for({"model.focal_levels": [2]}, train={"epochs": 1})
+    spec["launcher"]["snapshot"] = True
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    # the launcher (launch(), as the CLI calls it) with its jobs submitted held: sbatch --hold
+    held = ("import sys; from focalexp.sweep import launch, load_spec; from focalexp.sweep.backends.slurm import "
+            "SlurmBackend as B; p = B.executor_parameters; B.executor_parameters = lambda self, lc: "
+            "{**p(self, lc), 'slurm_additional_parameters': {'hold': True}}; "
+            "launch(load_spec(sys.argv[1]), sys.argv[2])")
+    r = subprocess.run([sys.executable, "-c", held, str(tmp_path / "spec.yaml"), str(tmp_path / "sw")], cwd=repo,
+                       env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    sw = tmp_path / "sw"
+    (job,) = job_ids(sw)
+    try:
+        held = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T|%r"], capture_output=True, text=True, timeout=30)
+        assert held.stdout.strip() == "PENDING|JobHeldUser", held.stdout + held.stderr
+        set_version(repo, "2.0.0-after")  # while the job waits in the queue
+        subprocess.run(["scontrol", "release", job.split("_")[0]], check=True, timeout=30)
+        final = wait_for(lambda: next((s for s in status(sw) if s.state in ("done", "failed")), None), 300)
+    finally:
+        subprocess.run(["scancel", job.split("_")[0]], capture_output=True, timeout=30)
+    assert final.state == "done", final.reason
+    from focalexp import provenance
+
+    (a,) = provenance.read(sw / "runs" / final.run_id)
+    assert a["code"]["version"] == "1.0.0-before"  # the old code ran
+    (snap,) = (sw / "snapshots").iterdir()
+    assert a["code"]["snapshot"]["dir"] == str(snap) == a["code"]["path"]
+    assert a["code"]["commit"] == a["code"]["snapshot"]["commit"] == head and a["code"]["dirty"] is False
+    assert a["slurm"]["job_id"] and a["slurm"]["nodelist"] and a["job"]["backend"] == "slurm"
+    df = collect(sw, write=False)
+    assert list(df["code_commit"]) == [head] and list(df["code_snapshot"]) == [str(snap)]

@@ -169,6 +169,10 @@ def test_submitit_preemption_requeues_and_resumes(tmp_path):
     assert result["status"] == "done"
     log = job.stdout() + (job.stderr() or "")
     assert "Requeued job" in log, log
+    from focalexp import provenance
+
+    attempts = provenance.read(out)  # the start and the requeue, of the same job
+    assert [a["attempt"] for a in attempts] == [1, 2] and {a["job"]["id"] for a in attempts} == {str(job.job_id)}
     _same_metrics(read_metrics(tmp_path / "ref"), read_metrics(out))
     _same_state(tmp_path / "ref", out)
 

@@ -26,15 +26,35 @@ def axis_cell(v: Any) -> Any:
     return v
 
 
+def code_columns(code: dict[str, Any]) -> dict[str, Any]:
+    """A run's code (:func:`focalexp.provenance.run_code` of its run dir) as columns: ``code_commit``,
+    ``code_dirty``, ``code_diff`` (SHA-256 of ``git diff HEAD``), ``code_snapshot``; None where unknown."""
+    return {"code_commit": code["commit"], "code_dirty": code["dirty"], "code_diff": code["diff_sha256"],
+            "code_snapshot": code["snapshot"]}
+
+
+def mixed_code(sweep_dir: str | Path) -> str | None:
+    """One line (a warning) when the runs of the sweep ran from different code (the commit or diff hash of
+    any attempt, from the runs' ``provenance.json``); None when they agree or say nothing."""
+    from .. import provenance
+
+    sweep = SweepDir(sweep_dir)
+    return provenance.mixed_code({e["run_id"]: provenance.run_code(sweep.run_dir(e["run_id"]))["versions"]
+                                  for e in sweep.manifest()["runs"]})
+
+
 def collect(sweep_dir: str | Path, write: bool = True):
     """One row per run of the sweep: ``run_id``, the grid axes (dotted names), ``seed``, ``status``,
-    ``reason``, then every scalar of the run's ``result.json``. Writes ``results.csv`` and
-    ``results.parquet`` into the sweep dir (``write=False`` skips that) and returns the DataFrame."""
+    ``reason``, the code it ran (:func:`code_columns`), then every scalar of the run's ``result.json``.
+    Writes ``results.csv`` and ``results.parquet`` into the sweep dir (``write=False`` skips that) and
+    returns the DataFrame; ``df.attrs["mixed_code"]`` is :func:`mixed_code`'s line (or None)."""
     import pandas as pd
+
+    from .. import provenance
 
     sweep = SweepDir(sweep_dir)
     manifest = sweep.manifest()
-    rows = []
+    rows, versions = [], {}
     for entry in manifest["runs"]:
         res = sweep.result(entry["run_id"]) or {}
         row: dict[str, Any] = {"run_id": entry["run_id"]}
@@ -42,6 +62,9 @@ def collect(sweep_dir: str | Path, write: bool = True):
         row["seed"] = entry["seed"]
         row["status"] = res.get("status", "missing")
         row["reason"] = res.get("reason", "")
+        code = provenance.run_code(sweep.run_dir(entry["run_id"]))
+        row.update(code_columns(code))
+        versions[entry["run_id"]] = code["versions"]
         for k, v in res.items():
             if k not in row and not isinstance(v, (dict, list)):
                 row[k] = v
@@ -50,6 +73,7 @@ def collect(sweep_dir: str | Path, write: bool = True):
     df.attrs["axes"] = list(manifest["axes"])
     df.attrs["name"] = manifest["name"]
     df.attrs["task"] = manifest.get("task", "train")
+    df.attrs["mixed_code"] = provenance.mixed_code(versions)
     if write:
         df.to_csv(sweep.path / "results.csv", index=False)
         try:

@@ -7,6 +7,8 @@ it — a launcher killed between submitting and recording its jobs, then run aga
 copy — the newcomer leaves without touching anything, so every run is executed exactly once. A
 requeued job keeps its job id and so keeps its claim; a dead holder's claim is taken over. A job that
 ``cancel.json`` names (written by ``focalexp cancel`` before it signals the job) does not start its task.
+Every attempt that starts the task (the first, each resume and requeue) appends to the run dir's
+``provenance.json`` (:mod:`focalexp.provenance`; the first process of the job only).
 """
 
 from __future__ import annotations
@@ -119,22 +121,38 @@ def _interruptible():
             signal.signal(signal.SIGINT, previous)
 
 
-class RunJob(submitit.helpers.Checkpointable):
-    """``RunJob()(task, config, run_dir, settings)``: one run of a sweep, requeued on preemption/time-out
-    (submitit calls :meth:`checkpoint`, inherited: resubmit the same call; the task resumes from the run
-    dir's ``last.pth``)."""
+def _first_process() -> bool:
+    try:
+        return submitit.JobEnvironment().global_rank == 0
+    except RuntimeError:
+        return True
 
-    def __call__(self, task: str, config: Mapping[str, Any], run_dir: str, settings: Mapping[str, Any]) -> dict:
+
+class RunJob(submitit.helpers.Checkpointable):
+    """``RunJob()(task, config, run_dir, settings, origin)``: one run of a sweep, requeued on
+    preemption/time-out (submitit calls :meth:`checkpoint`, inherited: resubmit the same call; the task
+    resumes from the run dir's ``last.pth``). ``origin``: the submission's ``cwd``, ``argv``, ``time`` and
+    ``snapshot`` (the code snapshot the job was sent from, or None), for the run's provenance; a job sent
+    from a snapshot returns to ``cwd`` before its task starts (relative paths mean what they meant)."""
+
+    def __call__(self, task: str, config: Mapping[str, Any], run_dir: str, settings: Mapping[str, Any],
+                 origin: Mapping[str, Any] | None = None) -> dict:
+        from .. import provenance
         from ..tasks import get_task
 
         out = Path(run_dir)
         out.mkdir(parents=True, exist_ok=True)
         with _interruptible():
-            job_id, _ = _job()
+            job_id, backend = _job()
             if cancelled_job(out) == job_id:  # checked after SIGINT works: a cancel lands either way
                 return {"status": "cancelled", "reason": f"job {job_id} was cancelled before it started"}
             ok, holder = claim_run(out)
             if not ok:
                 return {"status": "duplicate", "reason": f"job {holder['job_id']} holds this run"}
+            origin = dict(origin or {})
+            if origin.get("snapshot") and isinstance(origin.get("cwd"), str) and os.path.isdir(origin["cwd"]):
+                os.chdir(origin["cwd"])
+            if _first_process():
+                provenance.record_attempt(out, origin, {"id": job_id, "backend": backend})
             t = get_task(task)
             return t.run(t.from_plain(config), str(out), dict(settings))

@@ -2,7 +2,9 @@
 
 What every backend shares lives here: the plan (what to (re)submit), the sweep lock, retries (a failed
 run's ``result.json`` moved aside) and the ``jobs.jsonl`` records, a "submitting" line before each
-submission and a "submitted" line (job id, log paths) after it (:meth:`Submission.send`).
+submission and a "submitted" line (job id, log paths) after it (:meth:`Submission.send`), what the jobs'
+``provenance.json`` learns of the submission, and the code snapshot they run from (``launcher.snapshot``,
+:mod:`focalexp.sweep.snapshot`).
 
 Re-running is safe and idempotent: runs that are done are skipped, queued/running ones are left
 alone, missing and stopped ones are (re)submitted, failed and cancelled ones only with
@@ -12,10 +14,14 @@ alone, missing and stopped ones are (re)submitted, failed and cancelled ones onl
 from __future__ import annotations
 
 import os
+import sys
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ConfigError, did_you_mean
+from ..provenance import workdir_state
 from .backends import Backend, find_backend, get_backend
 from .job import RunJob, request_cancel
 from .spec import LauncherConfig, Run, SweepSpec
@@ -63,22 +69,41 @@ class Submission:
     def __init__(self, spec: SweepSpec, sweep: SweepDir, backend: Backend) -> None:
         self.spec, self.sweep, self.backend = spec, sweep, backend
         self.settings = task_settings(spec)
+        self.code = None  # the code snapshot the jobs run from (launcher.snapshot), made at the first send
+        # what the jobs' provenance.json says of the submission; the working directory's git state as it is now
+        cwd = os.getcwd()
+        self.origin = {"cwd": cwd, "workdir": workdir_state(cwd), "argv": list(sys.argv), "time": time.time(),
+                       "snapshot": None}
 
     def call(self, run: Run) -> tuple:
         """What the job calls on the node: ``RunJob()(*call)``."""
-        return (run.task, run.config, str(self.sweep.run_dir(run.run_id).resolve()), self.settings)
+        return (run.task, run.config, str(self.sweep.run_dir(run.run_id).resolve()), self.settings, self.origin)
+
+    def snapshot(self) -> Path | None:
+        """The code snapshot of this submission (made once, at the first call) when the spec asks for one."""
+        if self.spec.launcher.snapshot and self.code is None:
+            from .snapshot import make_snapshot
+
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+            dest = self.sweep.path.resolve() / "snapshots" / f"{stamp}-{os.getpid()}"
+            self.code = make_snapshot(dest)
+            self.origin["snapshot"] = str(self.code)
+        return self.code
 
     def send(self, executor: Any, runs: list[Run], *, array: bool = False) -> list[Any]:
         """Submit ``runs`` through a submitit ``executor`` (``array``: as one job array, submitit's
         ``batch``), recording a "submitting" line per run before and a "submitted" line after."""
         import submitit
 
+        from .snapshot import running_from
+
         name = self.backend.name
+        code = self.snapshot()
         for r in runs:
             self.sweep.record(event="submitting", run_id=r.run_id, cluster=name)
         # sbatch hands the caller's environment to the job, and a local job inherits it: SLURM_* of an
         # enclosing job would leak in (a sweep launched from inside a job stays where it was sent)
-        with submitit.helpers.clean_env():
+        with submitit.helpers.clean_env(), running_from(code):
             if array:
                 with executor.batch():
                     jobs = [executor.submit(RunJob(), *self.call(r)) for r in runs]

@@ -134,6 +134,8 @@ def build_tables(df, *, method: str = "t", baseline: Mapping[str, Any] | None = 
     n_done = len(done)
     out = ReportTables(title=f"{df.attrs.get('name', 'sweep')}: {n_done} of {len(df)} runs done", method=method,
                        axes=axes)
+    if df.attrs.get("mixed_code"):
+        out.notes.append(df.attrs["mixed_code"])
     metrics = [m for m in METRICS if m in done.columns and done[m].notna().any()]
     if done.empty or not metrics:
         out.notes.append("No finished runs yet.")

@@ -61,6 +61,8 @@ class LauncherConfig:
     signal_delay_s: int = _f(90, "seconds before the time limit at which the job is told to save", min=0)
     max_array_size: Optional[int] = _f(None, "split arrays above this many runs (default: the cluster's "
                                        "MaxArraySize, or 1001)", min=1)
+    snapshot: bool = _f(False, "copy the code into the sweep dir (SWEEP/snapshots/) when the runs are submitted "
+                        "and run the jobs from that copy, so that later edits do not reach queued jobs")
 
 
 @dataclass

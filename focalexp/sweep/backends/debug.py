@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from ...errors import ConfigError
 from .local import LocalBackend
 
 
@@ -13,6 +14,12 @@ class DebugBackend(LocalBackend):
     description = "in this process, one run after another (pdb works)"
     auto_rank = None
     submitit_cluster = "debug"
+
+    def check(self, launcher, *, allow_setup: bool = False) -> None:
+        super().check(launcher, allow_setup=allow_setup)
+        if launcher.snapshot:
+            raise ConfigError("launcher.snapshot: the debug backend runs in this process, from the code it has "
+                              "imported already; use cluster local or slurm for a snapshot")
 
     def executor_parameters(self, lc) -> dict[str, Any]:
         return {}  # no shell: launcher.setup lines are not run in-process

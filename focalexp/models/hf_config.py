@@ -75,29 +75,6 @@ KNOWN_KEYS = sorted(set(_ARCH) | _CHECKED | _GENERIC)
 
 
 # ---------------------------------------------------------------------------- reading
-def read_json(path: str | os.PathLike, what: str = "config.json") -> dict[str, Any]:
-    """An untrusted JSON object: size-limited, strict (no NaN/Infinity), an object at the top."""
-    from ..fileio import input_file
-
-    p = input_file(path, what, ConfigError)
-    size = p.stat().st_size
-    if size > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{what}: '{p}' is {size:,} bytes; a model config is at most {MAX_CONFIG_BYTES:,}")
-
-    def no_constants(name: str) -> Any:
-        raise ValueError(f"{name} is not a JSON number")
-
-    try:
-        obj = json.loads(p.read_bytes().decode("utf-8"), parse_constant=no_constants)
-    except UnicodeDecodeError:
-        raise ConfigError(f"{what}: '{p}' is not UTF-8 text (not a JSON config)") from None
-    except (ValueError, RecursionError) as e:
-        raise ConfigError(f"{what}: '{p}' is not valid JSON ({' '.join(str(e).split())[:120]})") from None
-    if not isinstance(obj, dict):
-        raise ConfigError(f"{what}: '{p}' holds a JSON {type(obj).__name__}, not an object of config keys")
-    return obj
-
-
 def _value(key: str, v: Any, kind: str, lo: float, hi: float) -> Any:
     def bad(expected: str) -> ConfigError:
         shown = json.dumps(v)[:60] if not isinstance(v, float) else repr(v)
@@ -206,6 +183,7 @@ def read_pretrained_dir(path: str | os.PathLike) -> tuple[dict, FocalNetConfig]:
     """``(state dict, config)`` of a ``save_pretrained`` folder: config.json + model.safetensors (or
     pytorch_model.bin, read through the same allowlist as every checkpoint). A checkpoint whose weights
     hold no classifier (the bare ``FocalNetModel``) gives a config with ``num_classes=0``."""
+    from ..fileio import read_json_object
     from .checkpoint import detect_layout, read_state, unwrap
 
     d = Path(path)
@@ -214,7 +192,7 @@ def read_pretrained_dir(path: str | os.PathLike) -> tuple[dict, FocalNetConfig]:
         present = ", ".join(sorted(p.name for p in d.iterdir())[:4]) if d.is_dir() else ""
         raise CheckpointError(f"checkpoint: folder '{d}' has no config.json (not a Hugging Face save_pretrained "
                               f"folder{'; it holds ' + present if present else ''}); pass the weights file itself")
-    raw = read_json(cfg_file, f"checkpoint '{cfg_file}'")
+    raw = read_json_object(cfg_file, f"checkpoint '{cfg_file}'", MAX_CONFIG_BYTES)
     if "architecture" in raw and "model_type" not in raw:
         raise CheckpointError(f"checkpoint: '{cfg_file}' is a timm hub config; pass "
                               f"{d / 'model.safetensors'} with the model name instead of the folder")

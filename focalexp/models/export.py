@@ -40,11 +40,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from ..errors import CheckpointError, ConfigError, UnknownNameError
+from ..errors import ConfigError, FocalexpError, UnknownNameError
 from .config import FocalNetConfig
 
 if TYPE_CHECKING:
     import torch
+
+class ExportCheckFailed(FocalexpError):
+    """The written files do not reproduce the model's logits (a bug, not bad input: exit 1)."""
+
+    exit_code = 1
+
 
 MARKER = "export.json"
 CHECK_TOLERANCE = 1e-4  # an export whose logits differ more than this from the model's fails
@@ -245,7 +251,7 @@ def run_results(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
     return {k: raw[k] for k in keep if isinstance(raw.get(k), (int, float, str)) and len(str(raw[k])) < 100}
 
 
-def check_export(model: torch.nn.Module, written: Export, folder: Path, batch: int = 2) -> float:
+def check_export(model: torch.nn.Module, written: Export, folder: Path, batch: int = 3) -> float:
     """Largest |logits difference| between ``model`` and what ``written`` reads back from ``folder``, on a
     random batch at the config's resolution (a batch other than the one programs were traced with)."""
     import torch
@@ -258,7 +264,7 @@ def check_export(model: torch.nn.Module, written: Export, folder: Path, batch: i
         got = run(x)
     diff = float((got.float() - ref.float()).abs().max())
     if not diff <= CHECK_TOLERANCE:
-        raise CheckpointError(f"export check: the exported model's logits differ from the model's by {diff:.3g} "
+        raise ExportCheckFailed(f"export check: the exported model's logits differ from the model's by {diff:.3g} "
                               f"(more than {CHECK_TOLERANCE:g}); nothing was written")
     return diff
 
@@ -421,13 +427,16 @@ def _dynamic_batch() -> dict:
 
 
 @contextlib.contextmanager
-def tracing_mode(model: torch.nn.Module):
-    """Eval mode, no grad and the reference path (no CPU fast path in a graph)."""
+def tracing_mode(model: torch.nn.Module, example: torch.Tensor):
+    """No grad and the reference path (no CPU fast path in a graph); one eager call first, so that what
+    modules compute once and keep (window attention's index and mask tables) exists before tracing and is
+    captured as a constant rather than assigned during the trace."""
     import torch
 
     from .fastpath import reference_path
 
     with reference_path(), torch.no_grad():
+        model(example)
         yield
 
 
@@ -436,8 +445,9 @@ def _to_torch_export(model, folder: Path) -> Export:
     import torch
 
     cfg = model.config
-    with tracing_mode(model):
-        program = torch.export.export(model, (_example(cfg, 2),), dynamic_shapes=_dynamic_batch())
+    x = _example(cfg, 2)
+    with tracing_mode(model, x):
+        program = torch.export.export(model, (x,), dynamic_shapes=_dynamic_batch())
     torch.export.save(program, str(folder / "model.pt2"))
 
     def load(f: Path) -> Callable:
@@ -458,8 +468,9 @@ def _to_onnx(model, folder: Path) -> Export:
         import onnxscript  # noqa: F401 - torch's ONNX exporter needs it
     except ImportError:
         raise ConfigError("--to onnx: needs the onnx and onnxscript packages (pip install 'focalexp[export]')") from None
-    with tracing_mode(model), _quiet():
-        program = torch.onnx.export(model, (_example(cfg, 2),), dynamo=True, input_names=["pixel_values"],
+    x = _example(cfg, 2)
+    with tracing_mode(model, x), _quiet():
+        program = torch.onnx.export(model, (x,), dynamo=True, input_names=["pixel_values"],
                                     output_names=["logits"], dynamic_shapes=_dynamic_batch(), verbose=False)
     program.save(str(folder / "model.onnx"))
     return Export(

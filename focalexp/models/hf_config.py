@@ -167,16 +167,22 @@ def _num_labels(d: Mapping[str, Any]) -> int:
     return 2  # transformers' PretrainedConfig default
 
 
+def approx_params(cfg: FocalNetConfig) -> int:
+    """Parameters of ``cfg``'s FocalNet, counted from the formula (no module is built): blocks, embeddings, head."""
+    total = cfg.in_chans * cfg.stage_dims[0] * (7 if cfg.use_conv_embed else cfg.patch_size) ** 2
+    for i, (depth, c) in enumerate(zip(cfg.depths, cfg.stage_dims)):
+        hidden = int(c * cfg.mlp_ratio)
+        block = c * (2 * c + cfg.focal_levels[i] + 1) + 2 * c * c + c * sum(k * k for k in cfg.stage_kernels(i)) \
+            + 2 * c * hidden + 8 * c
+        total += depth * block + ((c // 2) * c * (3 if cfg.use_conv_embed else 2) ** 2 if i else 0)
+    return total + cfg.num_features * (cfg.num_classes + 2)
+
+
 def check_size(cfg: FocalNetConfig) -> None:
-    """Refuse a config whose model would have more than :data:`MAX_PARAMS` parameters (counted on the meta device)."""
-    import torch
-
-    from .focalnet import FocalNet, skip_weight_init
-
-    with torch.device("meta"), skip_weight_init():
-        n = sum(p.numel() for p in FocalNet(cfg).parameters())
+    """Refuse a config whose model would have more than :data:`MAX_PARAMS` parameters, before anything is built."""
+    n = approx_params(cfg)
     if n > MAX_PARAMS:
-        raise ConfigError(f"describes a model of {n / 1e9:.1f} B parameters (more than {MAX_PARAMS / 1e9:g} B); refused")
+        raise ConfigError(f"describes a model of {n / 1e9:.3g} B parameters (more than {MAX_PARAMS / 1e9:g} B); refused")
 
 
 def read_pretrained_dir(path: str | os.PathLike) -> tuple[dict, FocalNetConfig]:

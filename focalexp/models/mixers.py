@@ -391,12 +391,14 @@ class WindowAttention(TokenMixer):
         nh, nw, N, hd = Hp // ws, Wp // ws, ws * ws, C // self.num_heads
         win = x.reshape(B, nh, ws, nw, ws, C).permute(0, 1, 3, 2, 4, 5).reshape(B, nh * nw, N, C)
         qkv = self.qkv(win).reshape(B, nh * nw, N, 3, self.num_heads, hd).permute(3, 0, 1, 4, 2, 5)
-        q, k, v = qkv.unbind(0)  # (B, nW, heads, N, hd)
+        # 4-D attention (B, windows x heads, N, hd), the form every backend (and ONNX's SDPA) takes
+        q, k, v = (t.reshape(B, nh * nw * self.num_heads, N, hd) for t in qkv.unbind(0))
         bias = self.relative_position_bias_table[self._rel_index(ws, x.device).reshape(-1)]
         bias = bias.reshape(N, N, self.num_heads).permute(2, 0, 1).to(q.dtype)  # (heads, N, N)
         mask = self._mask(H, W, ws, shift, x.device)
-        attn_mask = bias if mask is None else bias + mask.to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        attn_mask = (bias.expand(nh * nw, -1, -1, -1) if mask is None else bias + mask.to(q.dtype))  # (nW, heads, N, N)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.reshape(-1, N, N))
+        out = out.reshape(B, nh * nw, self.num_heads, N, hd)
         out = out.permute(0, 1, 3, 2, 4).reshape(B, nh, nw, ws, ws, C).permute(0, 1, 3, 2, 4, 5).reshape(B, Hp, Wp, C)
         if shift:
             out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))

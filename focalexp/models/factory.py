@@ -47,9 +47,12 @@ def create_model(
         if name_or_config is None:
             _, stored = unwrap(state)
             if stored is None:
+                from .checkpoint import detect_layout
+
                 raise ConfigError(
-                    "model: the checkpoint carries no focalexp config; name the architecture "
-                    "(e.g. create_model('focalnet_t_srf', checkpoint=...))"
+                    f"model: the checkpoint carries no focalexp config (its weights are in the "
+                    f"{detect_layout(unwrap(state)[0])} layout); name the architecture (--model PRESET, or "
+                    "create_model('focalnet_t_srf', checkpoint=...))"
                 )
             name_or_config = stored
     cfg = resolve_config(name_or_config, **overrides)

@@ -77,7 +77,8 @@ KNOWN_KEYS = sorted(set(_ARCH) | _CHECKED | _GENERIC)
 # ---------------------------------------------------------------------------- reading
 def _value(key: str, v: Any, kind: str, lo: float, hi: float) -> Any:
     def bad(expected: str) -> ConfigError:
-        shown = json.dumps(v)[:60] if not isinstance(v, float) else repr(v)
+        shown = (f"a list of {len(v)}" if isinstance(v, list) and len(json.dumps(v)) > 60
+                 else json.dumps(v)[:60] if not isinstance(v, float) else repr(v))
         return ConfigError(f"expected {expected}, got {shown}", key=key)
 
     def num(x: Any, integer: bool) -> Any:
@@ -182,7 +183,7 @@ def check_size(cfg: FocalNetConfig) -> None:
     """Refuse a config whose model would have more than :data:`MAX_PARAMS` parameters, before anything is built."""
     n = approx_params(cfg)
     if n > MAX_PARAMS:
-        raise ConfigError(f"describes a model of {n / 1e9:.3g} B parameters (more than {MAX_PARAMS / 1e9:g} B); refused")
+        raise ConfigError(f"describes a model of {n / 1e9:,.1f} B parameters (more than {MAX_PARAMS / 1e9:g} B); refused")
 
 
 def read_pretrained_dir(path: str | os.PathLike) -> tuple[dict, FocalNetConfig]:
@@ -198,7 +199,7 @@ def read_pretrained_dir(path: str | os.PathLike) -> tuple[dict, FocalNetConfig]:
         present = ", ".join(sorted(p.name for p in d.iterdir())[:4]) if d.is_dir() else ""
         raise CheckpointError(f"checkpoint: folder '{d}' has no config.json (not a Hugging Face save_pretrained "
                               f"folder{'; it holds ' + present if present else ''}); pass the weights file itself")
-    raw = read_json_object(cfg_file, f"checkpoint '{cfg_file}'", MAX_CONFIG_BYTES)
+    raw = read_json_object(cfg_file, "checkpoint", MAX_CONFIG_BYTES)
     if "architecture" in raw and "model_type" not in raw:
         raise CheckpointError(f"checkpoint: '{cfg_file}' is a timm hub config; pass "
                               f"{d / 'model.safetensors'} with the model name instead of the folder")

@@ -52,8 +52,8 @@ STATE_HELP = (
     "does not answer)."
 )
 # commands that never need torch before their work starts: the sweep engine validates thousands of runs,
-# and every user error comes back in well under a second
-LIGHT_COMMANDS = ("sweep", "status", "collect", "report", "train")
+# and every user error comes back in well under a second (export: flags and --out are checked first)
+LIGHT_COMMANDS = ("sweep", "status", "collect", "report", "train", "export")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -657,9 +657,9 @@ def build_parser() -> argparse.ArgumentParser:
             "read back and checked against the model.")
     p.add_argument("checkpoint", help="weights: a focalexp checkpoint (carries its config), a Hugging Face "
                                       "save_pretrained folder, or an official/timm file with --model")
-    from .models.export import exporter_names
-
-    p.add_argument("--to", required=True, metavar="FORMAT", help="one of: " + ", ".join(exporter_names()))
+    p.add_argument("--to", required=True, metavar="FORMAT",
+                   help="focalexp, official, timm, hf, torch-export or onnx (or an exporter registered with "
+                        "focalexp.models.export.register_exporter)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty; written all at once)")
     p.add_argument("--model", help="the architecture (preset) for a checkpoint that carries no config")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config knob (repeatable)")

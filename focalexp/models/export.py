@@ -133,10 +133,10 @@ def export_checkpoint(
 ) -> ExportResult:
     """Load ``checkpoint`` (any layout, a focalexp checkpoint's own config, a HF folder, or ``model`` + overrides
     for files without a config) and export it ``to`` a layout or program format into ``out``."""
+    exporter = get_exporter(to)  # a typo and a bad --out are reported before torch is imported or a file read
+    out = check_out(out, force=force, protect=checkpoint)
     from .factory import create_model
 
-    exporter = get_exporter(to)  # a typo is reported before anything is read
-    out = check_out(out, force=force, protect=checkpoint)
     net = create_model(model, checkpoint=checkpoint, **dict(overrides or {}))
     return export_model(net, exporter.name, out, force=force, source=str(checkpoint),
                         results=run_results(checkpoint), check=check)

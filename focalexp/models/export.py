@@ -260,13 +260,20 @@ def check_export(model: torch.nn.Module, written: Export, folder: Path, batch: i
     x = torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size, generator=torch.Generator().manual_seed(0))
     run = written.load(folder)
     with torch.no_grad():
-        ref = model(x)
-        got = run(x)
-    diff = float((got.float() - ref.float()).abs().max())
+        ref, got = _tensors(model(x)), _tensors(run(x))
+    if len(ref) != len(got) or any(a.shape != b.shape for a, b in zip(ref, got)):
+        raise ExportCheckFailed(f"export check: the exported model returns shapes {[tuple(t.shape) for t in got]}, the "
+                                f"model {[tuple(t.shape) for t in ref]}; nothing was written")
+    diff = max(float((b.float() - a.float()).abs().max()) for a, b in zip(ref, got))
     if not diff <= CHECK_TOLERANCE:
-        raise ExportCheckFailed(f"export check: the exported model's logits differ from the model's by {diff:.3g} "
-                              f"(more than {CHECK_TOLERANCE:g}); nothing was written")
+        raise ExportCheckFailed(f"export check: the exported model's outputs differ from the model's by {diff:.3g} "
+                                f"(more than {CHECK_TOLERANCE:g}); nothing was written")
     return diff
+
+
+def _tensors(out: Any) -> list:
+    """Logits, or a backbone's list of feature maps, as a list of tensors."""
+    return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
 def _version() -> str:
@@ -471,12 +478,17 @@ def _to_onnx(model, folder: Path) -> Export:
     x = _example(cfg, 2)
     with tracing_mode(model, x), _quiet():
         program = torch.onnx.export(model, (x,), dynamo=True, input_names=["pixel_values"],
-                                    output_names=["logits"], dynamic_shapes=_dynamic_batch(), verbose=False)
+                                    output_names=_output_names(cfg), dynamic_shapes=_dynamic_batch(), verbose=False)
     program.save(str(folder / "model.onnx"))
     return Export(
         {"model.onnx": f"ONNX graph: pixel_values (B, {cfg.in_chans}, {cfg.img_size}, {cfg.img_size}) -> logits"},
         "```python\nimport onnxruntime as ort\nsession = ort.InferenceSession(\"model.onnx\")\n"
         "logits = session.run(None, {\"pixel_values\": images})[0]\n```", "onnx", _onnx_runner)
+
+
+def _output_names(cfg: FocalNetConfig) -> list[str]:
+    """``logits``, or ``features_{i}`` for each stage a backbone returns."""
+    return ["logits"] if cfg.out_indices is None else [f"features_{i}" for i in cfg.out_indices]
 
 
 def _onnx_runner(folder: Path) -> Callable | None:
@@ -488,12 +500,12 @@ def _onnx_runner(folder: Path) -> Callable | None:
         import onnxruntime as ort
 
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-        return lambda x: torch.from_numpy(session.run(None, {"pixel_values": x.numpy()})[0])
+        return lambda x: [torch.from_numpy(o) for o in session.run(None, {"pixel_values": x.numpy()})]
     except ImportError:
         from onnx.reference import ReferenceEvaluator
 
         ev = ReferenceEvaluator(path)
-        return lambda x: torch.from_numpy(ev.run(None, {"pixel_values": x.numpy()})[0])
+        return lambda x: [torch.from_numpy(o) for o in ev.run(None, {"pixel_values": x.numpy()})]
 
 
 @contextlib.contextmanager

@@ -156,6 +156,7 @@ def export_model(
     import torch
 
     exporter = get_exporter(to)
+    to = exporter.name  # an alias ("huggingface") records the exporter's own name
     out = check_out(out, force=force, protect=source)
     cfg = model.config
     was_training = model.training

@@ -33,6 +33,10 @@ EXAMPLES = {
     "  focalexp viz --model focalnet_t_srf --what compare --baseline swin_tiny_patch4_window7_224=swin.pth --out cmp.png",
     "flops": "focalexp flops --model focalnet_t_srf\n  focalexp flops --model focalnet_t_lrf --set focal_levels=4 "
     "--by module --depth 2\n  focalexp flops --model focalnet_b_srf --img-size 384 --json",
+    "export": "focalexp export runs/demo/best.pth --to hf --out exports/demo-hf\n"
+    "  focalexp export runs/demo/best.pth --to onnx --out exports/demo-onnx\n"
+    "  focalexp export focalnet_tiny_srf.pth --model focalnet_t_srf --to timm --out exports/t_srf-timm\n"
+    "  focalexp export exports/demo-hf --to torch-export --out exports/demo-pt2 --force",
     "bench": "focalexp bench --model focalnet_t_srf --model swin_tiny_patch4_window7_224 --batch-size 4 --rounds 3\n"
     "  focalexp bench --model focalnet_t_srf --model focalnet_t_lrf --model convnext_tiny --device cuda   # batch 128\n"
     "  focalexp bench --model focalnet_micro --set focal_levels=3 --model resnet18 --img-size 64 --mode both --json\n"
@@ -48,8 +52,8 @@ STATE_HELP = (
     "does not answer)."
 )
 # commands that never need torch before their work starts: the sweep engine validates thousands of runs,
-# and every user error comes back in well under a second
-LIGHT_COMMANDS = ("sweep", "status", "collect", "report", "train")
+# and every user error comes back in well under a second (export: flags and --out are checked first)
+LIGHT_COMMANDS = ("sweep", "status", "collect", "report", "train", "export")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -536,6 +540,23 @@ def cmd_viz(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- export
+def cmd_export(args: argparse.Namespace) -> int:
+    from .config import parse_set_args
+    from .models.export import export_checkpoint
+
+    overrides = {k[len("model."):] if k.startswith("model.") else k: v for k, v in parse_set_args(args.set).items()}
+    res = export_checkpoint(args.checkpoint, args.to, args.out, model=args.model, overrides=overrides,
+                            force=args.force, check=not args.no_check)
+    if args.json:
+        print(json.dumps({"out": str(res.out), "to": res.to, "files": res.files, "max_abs_diff": res.max_abs_diff,
+                          "config": res.config.to_dict(), "results": res.results}, indent=2))
+        return 0
+    check = "not checked" if res.max_abs_diff is None else f"read back, max |logits difference| {res.max_abs_diff:.3g}"
+    print(f"exported {args.checkpoint} -> {res.out} ({res.to}): {', '.join(res.files)}; {check}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="focalexp", description="Focal Modulation Network experiments and ablations.")
@@ -644,6 +665,21 @@ def build_parser() -> argparse.ArgumentParser:
             "stops it). They then read 'cancelled'; `focalexp sweep SPEC --retry-failed` resubmits them.")
     p.add_argument("dir", help="sweep dir")
     p.add_argument("--run", action="append", metavar="RUN_ID", help="only this run (repeatable; default: every run)")
+    p = add("export", cmd_export, "Save a checkpoint in timm's, Hugging Face's, the official or focalexp's layout, or "
+            "as an ONNX / torch.export program, into a folder with a model card (README.md); the written files are "
+            "read back and checked against the model.")
+    p.add_argument("checkpoint", help="weights: a focalexp checkpoint (carries its config), a Hugging Face "
+                                      "save_pretrained folder, or an official/timm file with --model")
+    p.add_argument("--to", required=True, metavar="FORMAT",
+                   help="focalexp, official, timm, hf, torch-export or onnx (or an exporter registered with "
+                        "focalexp.models.export.register_exporter)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty; written all at once)")
+    p.add_argument("--model", help="the architecture (preset) for a checkpoint that carries no config")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config knob (repeatable)")
+    p.add_argument("--force", action="store_true", help="replace --out if an earlier export wrote it")
+    p.add_argument("--no-check", action="store_true", help="skip reading the export back and comparing logits")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
     p = add("viz", cmd_viz, "Figures of what the model looks at: modulator, gates, contexts, kernels, ERF, vs Swin/ViT.")
     p.add_argument("--model", help="a focalexp preset (or a timm FocalNet / baseline name); optional with a "
                                    "focalexp --checkpoint, which carries its config")

@@ -81,6 +81,30 @@ def input_file(path: str | os.PathLike, what: str, error: type[FocalexpError] = 
     return p
 
 
+def read_json_object(path: str | os.PathLike, what: str, max_bytes: int = 1 << 20) -> dict:
+    """An untrusted JSON object (a config.json, a result.json): at most ``max_bytes``, UTF-8, strict JSON
+    (no NaN/Infinity), an object at the top; anything else is one :class:`ConfigError` line naming ``what``."""
+    import json
+
+    p = input_file(path, what, ConfigError)
+    size = p.stat().st_size
+    if size > max_bytes:
+        raise ConfigError(f"{what}: '{p}' is {size:,} bytes; expected at most {max_bytes:,}")
+
+    def no_constants(name: str) -> None:
+        raise ValueError(f"{name} is not a JSON number")
+
+    try:
+        obj = json.loads(p.read_bytes().decode("utf-8"), parse_constant=no_constants)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what}: '{p}' is not UTF-8 text (not JSON)") from None
+    except (ValueError, RecursionError) as e:
+        raise ConfigError(f"{what}: '{p}' is not valid JSON ({' '.join(str(e).split())[:120]})") from None
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{what}: '{p}' holds a JSON {type(obj).__name__}, not an object")
+    return obj
+
+
 def _first_non_dir_parent(p: Path) -> Path | None:
     for parent in reversed(p.parents):
         if parent.exists() and not parent.is_dir():

@@ -493,6 +493,121 @@ case("report-manifest-cut-short", ["report", "{tmp}/sw"], "sweep.json", "corrupt
 case("report-not-a-sweep", ["report", "{tmp}"], "not a sweep dir")
 
 
+# -- export: Hugging Face folders (config.json is untrusted JSON), weights, --out, --to
+def own_ckpt(rel: str = "m.pth") -> Callable[[Path], None]:
+    """A focalexp checkpoint (carries its config) of a small model."""
+    def _setup(tmp: Path) -> None:
+        from focalexp import create_model, save_model
+
+        save_model(create_model("focalnet_t_srf", embed_dim=8, depths=[1, 1], num_classes=2, img_size=32), tmp / rel)
+    return _setup
+
+
+def hf_dir(rel: str = "hf", config: dict | None = None, raw_config: str | bytes | None = None,
+           drop: str | None = None, add: str | None = None, weights: str | None = "model.safetensors",
+           evil: str | None = None, extra: dict | None = None, with_config: bool = True) -> Callable[[Path], None]:
+    """A save_pretrained-style folder made by focalexp's own HF layout, then damaged as asked: config keys
+    changed (``config``) or the whole file replaced (``raw_config``), a weight dropped or added, the weights
+    file left out, or a pickle that runs code as pytorch_model.bin (``evil``); ``extra``: more files."""
+    def _setup(tmp: Path) -> None:
+        from safetensors.torch import save_file
+
+        from focalexp import create_model
+        from focalexp.models.checkpoint import state_dict_in_layout
+        from focalexp.models.hf_config import config_to_hf
+
+        d = tmp / rel
+        d.mkdir(parents=True)
+        m = create_model("focalnet_t_srf", embed_dim=8, depths=[1, 1], num_classes=2, img_size=32)
+        cfg = {**config_to_hf(m.config), **(config or {})}
+        if with_config:
+            (d / "config.json").write_bytes(raw_config if isinstance(raw_config, bytes)
+                                            else (raw_config if raw_config is not None else json.dumps(cfg)).encode())
+        sd = state_dict_in_layout(m, "hf")
+        if drop:
+            sd.pop(drop)
+        if add:
+            sd[add] = torch.zeros(3)
+        if evil:
+            (d / "pytorch_model.bin").write_bytes(hostile.evil_checkpoints(tmp / MARKER)[evil])
+        elif weights:
+            save_file(sd, str(d / weights))
+        for name, content in (extra or {}).items():
+            (d / name).write_text(content)
+    return _setup
+
+
+EXPORT = ["export", "{tmp}/hf", "--to", "onnx", "--out", "{tmp}/out"]
+OWN = ["export", "{tmp}/m.pth", "--to", "hf", "--out", "{tmp}/out"]
+case("export-hf-config-unknown-key", EXPORT, "config.json", "unknown key 'embed_dimm'", "did you mean 'embed_dim'",
+     setup=hf_dir(config={"embed_dimm": 8}))
+case("export-hf-config-huge-value", EXPORT, "config.json", "embed_dim: expected an integer in [1, 8192]",
+     setup=hf_dir(config={"embed_dim": 10**15}))
+case("export-hf-config-huge-model", EXPORT, "config.json", "B parameters", "refused",
+     setup=hf_dir(config={"embed_dim": 4096, "depths": [1000, 1000]}))
+case("export-hf-config-many-stages", EXPORT, "config.json", "depths", "1 to 16",
+     setup=hf_dir(config={"depths": [1] * 1000}))
+case("export-hf-config-not-json", EXPORT, "config.json", "not valid JSON", setup=hf_dir(raw_config="{model_type: focalnet"))
+case("export-hf-config-nan", EXPORT, "config.json", "not valid JSON", "NaN",
+     setup=hf_dir(raw_config='{"model_type": "focalnet", "mlp_ratio": NaN}'))
+case("export-hf-config-a-list", EXPORT, "config.json", "not an object", setup=hf_dir(raw_config="[1, 2]"))
+case("export-hf-config-binary", EXPORT, "config.json", "not UTF-8", setup=hf_dir(raw_config=b"\xff\xfe\x00{"))
+case("export-hf-config-deep", EXPORT, "config.json", "not valid JSON", setup=hf_dir(raw_config="[" * 200_000))
+case("export-hf-config-huge-file", EXPORT, "config.json", "bytes",
+     setup=hf_dir(raw_config='{"model_type": "focalnet", "x": "' + "a" * (2 << 20) + '"}'))
+case("export-hf-config-model-type", EXPORT, "config.json", "model_type", "swin", setup=hf_dir(config={"model_type": "swin"}))
+case("export-hf-config-bool-as-int", EXPORT, "config.json", "use_conv_embed", "true or false",
+     setup=hf_dir(config={"use_conv_embed": 1}))
+case("export-hf-config-activation", EXPORT, "config.json", "hidden_act", setup=hf_dir(config={"hidden_act": "relu"}))
+case("export-hf-config-levels-mismatch", EXPORT, "config.json", "focal_levels", "one per stage",
+     setup=hf_dir(config={"focal_levels": [2, 2, 2]}))
+case("export-hf-labels-vs-classifier", EXPORT, "classifier of shape (2, 16)", "lists 5 labels",
+     setup=hf_dir(config={"id2label": {str(i): str(i) for i in range(5)}}))
+case("export-hf-no-config", EXPORT, "no config.json", "not a Hugging Face save_pretrained folder",
+     setup=hf_dir(with_config=False))
+case("export-hf-no-weights", EXPORT, "has no model.safetensors or pytorch_model.bin", setup=hf_dir(weights=None))
+case("export-hf-sharded", EXPORT, "sharded", setup=hf_dir(weights=None, extra={"model.safetensors.index.json": "{}"}))
+case("export-hf-missing-weight", EXPORT, "does not fit", "missing stages.1.blocks.0.modulation.h.weight",
+     setup=hf_dir(drop="focalnet.encoder.stages.1.layers.0.modulation.projection_context.weight"))
+case("export-hf-odd-weight", EXPORT, "does not fit", "unexpected", "evil",
+     setup=hf_dir(add="focalnet.encoder.stages.0.layers.0.modulation.evil"))
+case("export-hf-odd-stage-index", EXPORT, "does not fit", "unexpected",
+     setup=hf_dir(add="focalnet.encoder.stages.99999999999999999999.downsample.norm.weight"))
+for kind in ["plain_pickle_p2", "torch_zip", "torch_zip_tensor_rebuild", "torch_legacy", "plain_pickle_nested_torch"]:
+    case(f"export-hf-bin-{kind}", EXPORT, "refused", "pytorch_model.bin", setup=hf_dir(weights=None, evil=kind))
+    case(f"export-checkpoint-{kind}", ["export", "{tmp}/evil.pth", "--model", "focalnet_micro", "--to", "hf",
+                                       "--out", "{tmp}/out"], "refused", "evil.pth", setup=evil_file("evil.pth", kind))
+case("export-hf-file-wrong-arch", ["export", "{tmp}/hf/model.safetensors", "--model", "focalnet_t_lrf", "--set",
+                                   "embed_dim=8", "--set", "depths=[1,1]", "--set", "num_classes=2", "--to", "hf",
+                                   "--out", "{tmp}/out"], "hf layout", "does not fit", setup=hf_dir())
+case("export-out-not-empty", [*OWN[:-1], "{tmp}/busy"], "--out", "exists and is not empty", "--force",
+     setup=both(own_ckpt(), write("busy/notes.txt", "mine")))
+case("export-out-force-not-an-export", [*OWN[:-1], "{tmp}/busy", "--force"], "--out", "not an earlier export",
+     setup=both(own_ckpt(), write("busy/notes.txt", "mine")))
+case("export-out-holds-checkpoint", [*OWN[:-1], "{tmp}", "--force"], "--out", "holds the checkpoint",
+     setup=own_ckpt())
+case("export-out-is-checkpoint-folder", [*EXPORT[:-1], "{tmp}/hf", "--force"], "--out", "is the checkpoint",
+     setup=hf_dir())
+case("export-out-inside-checkpoint", [*EXPORT[:-1], "{tmp}/hf/sub"], "--out", "is inside the checkpoint",
+     setup=hf_dir())
+case("export-out-symlink", [*OWN[:-1], "{tmp}/link"], "--out", "symbolic link",
+     setup=both(own_ckpt(), lambda tmp: (tmp / "elsewhere").mkdir(), lambda tmp: (tmp / "link").symlink_to(tmp / "elsewhere")))
+case("export-out-a-file", [*OWN[:-1], "{tmp}/f.txt"], "--out", "is a file", setup=both(own_ckpt(), write("f.txt", "x")))
+case("export-out-under-a-file", [*OWN[:-1], "{tmp}/f.txt/x"], "--out", "is a file",
+     setup=both(own_ckpt(), write("f.txt", "x")))
+case("export-to-typo", ["export", "{tmp}/m.pth", "--to", "onx", "--out", "{tmp}/out"], "--to", "did you mean 'onnx'",
+     setup=own_ckpt())
+case("export-to-typo-long", ["export", "{tmp}/m.pth", "--to", "huggingfce", "--out", "{tmp}/out"], "did you mean 'hf'",
+     setup=own_ckpt())
+case("export-timm-cannot-hold", ["export", "{tmp}/m.pth", "--set", "gating=sigmoid", "--to", "timm", "--out",
+                                 "{tmp}/out"], "timm layout cannot hold", "gating=sigmoid", setup=own_ckpt())
+case("export-no-config-no-model", ["export", "{tmp}/hf/model.safetensors", "--to", "timm", "--out", "{tmp}/out"],
+     "carries no focalexp config", setup=hf_dir())
+case("export-set-unknown-key", [*OWN, "--set", "focal_levle=3"], "focal_levle", "focal_levels", setup=own_ckpt())
+case("export-missing-checkpoint", OWN, "no such file")
+case("export-no-to", ["export", "{tmp}/m.pth", "--out", "{tmp}/out"], "--to", setup=own_ckpt())
+
+
 def _png(size: int) -> bytes:
     import io
 

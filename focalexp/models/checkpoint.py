@@ -1,6 +1,6 @@
-"""Checkpoints: read any of three layouts (official, timm, focalexp), convert, load, save atomically.
+"""Checkpoints: read any layout (official, timm, Hugging Face, focalexp), convert, load, save atomically.
 
-Layouts, detected from the keys:
+Layouts, detected from the keys (their renames, both ways, in :mod:`focalexp.models.weight_layouts`):
 
 ``official`` (microsoft/FocalNet ``*.pth``)
     ``{'model': state_dict, ...}``; ``patch_embed.*``, ``layers.{i}.blocks.{j}.*`` with ``nn.Linear``
@@ -10,6 +10,10 @@ Layouts, detected from the keys:
 ``timm`` (``timm/focalnet_*`` on the Hugging Face hub)
     ``stem.*``, ``layers.{i}.downsample`` at the *start* of stage ``i``, 1x1 convolutions (4-D weights)
     for every projection, ``ls1/2.gamma``, ``norm{1,2}_post`` for post-norm blocks, ``head.fc``.
+``hf`` (transformers' ``FocalNetForImageClassification``, ``save_pretrained`` folders)
+    ``focalnet.embeddings.*``, ``focalnet.encoder.stages.{i}.layers.{j}.*`` with ``projection_in/context/out``,
+    the downsample at the *end* of stage ``i``, ``gamma_1/2``, ``focalnet.layernorm``, ``classifier``; the bare
+    ``FocalNetModel`` without the ``focalnet.`` prefix. A folder's ``config.json``: :mod:`focalexp.models.hf`.
 ``focalexp``
     ``{'format': 'focalexp', 'config': {...}, 'state_dict': ...}`` with this package's names.
 """
@@ -201,49 +205,58 @@ def unwrap(obj: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
 
 
 def detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
+    """The name of the layout of ``sd``'s keys (:mod:`focalexp.models.weight_layouts`)."""
+    from .weight_layouts import find_layout
+
     keys = list(sd)
-    if any(k.startswith("stages.") for k in keys):
-        return "focalexp"
-    if any(k.startswith("stem.") for k in keys):
-        return "timm"
-    if any(k.startswith("patch_embed.") for k in keys) or any(re.match(r"layers\.\d+\.blocks\.", k) for k in keys):
-        return "official"
+    layout = find_layout(keys)
+    if layout is not None:
+        return layout.name
     sample = ", ".join(keys[:3])
     raise CheckpointError(
         f"checkpoint: unknown layout (keys start {sample}); expected official (patch_embed.*), "
-        "timm (stem.*) or focalexp (stages.*)"
+        "timm (stem.*), Hugging Face (focalnet.embeddings.*, focalnet.encoder.*) or focalexp (stages.*)"
     )
 
 
 # ---------------------------------------------------------------------------- conversion
-def _rename_official(k: str) -> str:
-    k = re.sub(r"^patch_embed\.", "stem.", k)
-    k = re.sub(r"^layers\.(\d+)\.downsample\.", lambda m: f"stages.{int(m.group(1)) + 1}.downsample.", k)
-    k = re.sub(r"^layers\.(\d+)\.blocks\.", r"stages.\1.blocks.", k)
-    k = re.sub(r"\.gamma_([12])$", r".ls\1.gamma", k)
-    k = k.replace(".modulation.ln.", ".modulation.norm.")
-    return k
-
-
-def _rename_timm(k: str) -> str:
-    k = re.sub(r"^layers\.(\d+)\.", r"stages.\1.", k)
-    k = re.sub(r"\.norm([12])_post\.", r".norm\1.", k)
-    k = re.sub(r"^head\.fc\.", "head.", k)
-    return k
-
-
 def convert_state_dict(sd: Mapping[str, torch.Tensor], model: nn.Module, layout: str | None = None) -> dict:
-    """Rename the keys of an official/timm/focalexp state dict to ``model``'s and fit 1x1 conv shapes."""
-    layout = layout or detect_layout(sd)
-    rename = {"official": _rename_official, "timm": _rename_timm, "focalexp": lambda k: k}[layout]
+    """Rename the keys of a state dict in any known layout to ``model``'s and fit 1x1 conv shapes."""
+    from .weight_layouts import get_layout
+
+    rename = get_layout(layout or detect_layout(sd)).to_ours
     target = model.state_dict()
     out = {}
     for k, v in sd.items():
         nk = rename(k)
+        if nk is None:  # a tensor the layout carries that focalexp has no use for (HF's mask token)
+            continue
         t = target.get(nk)
         if t is not None and t.shape != v.shape and t.numel() == v.numel():
             v = v.reshape(t.shape)  # (out, in, 1, 1) conv <-> (out, in) linear
         out[nk] = v
+    return out
+
+
+def state_dict_in_layout(model: nn.Module, layout: str) -> dict[str, torch.Tensor]:
+    """``model``'s weights named and shaped as ``layout`` stores them (the inverse of :func:`convert_state_dict`).
+
+    Raises a :class:`CheckpointError` naming what of the model's config the layout cannot express.
+    """
+    from .weight_layouts import get_layout
+
+    lay = get_layout(layout)
+    cfg = model.config
+    bad = lay.unsupported(cfg)
+    if bad:
+        raise CheckpointError(f"the {layout} layout cannot hold this model: {'; '.join(bad)}")
+    out = {}
+    for k, v in model.state_dict().items():
+        nk = lay.from_ours(k, cfg)
+        v = v.detach()
+        if lay.conv_1x1.search(nk) and v.dim() == 2:
+            v = v[:, :, None, None]
+        out[nk] = v.contiguous().clone()
     return out
 
 

@@ -26,7 +26,9 @@ def create_model(
         name_or_config: a preset name or alias (``focalnet_t_srf``, ``focalnet_tiny_srf``), a
             :class:`FocalNetConfig`, or a dict (see :func:`resolve_config`). ``None`` with a focalexp
             checkpoint builds the checkpoint's own config.
-        checkpoint: a local weights file in the official, timm or focalexp layout (detected).
+        checkpoint: a local weights file in the official, timm, Hugging Face or focalexp layout (detected),
+            or a Hugging Face ``save_pretrained`` folder (config.json + weights; its config builds the model
+            when ``name_or_config`` is None).
         pretrained: fetch timm's published weights for the preset from the Hugging Face hub.
         strict: a checkpoint must fit exactly (otherwise mismatching tensors are skipped).
         features_only: backbone mode; forward returns the stages' feature maps (all stages unless
@@ -34,14 +36,23 @@ def create_model(
         **overrides: any :class:`FocalNetConfig` field.
     """
     state = None
-    if checkpoint is not None:
+    if checkpoint is not None and os.path.isdir(checkpoint):
+        from .hf_config import read_pretrained_dir
+
+        state, dir_cfg = read_pretrained_dir(checkpoint)
+        if name_or_config is None:
+            name_or_config = dir_cfg
+    elif checkpoint is not None:
         state = read_state(checkpoint)
         if name_or_config is None:
             _, stored = unwrap(state)
             if stored is None:
+                from .checkpoint import detect_layout
+
                 raise ConfigError(
-                    "model: the checkpoint carries no focalexp config; name the architecture "
-                    "(e.g. create_model('focalnet_t_srf', checkpoint=...))"
+                    f"model: the checkpoint carries no focalexp config (its weights are in the "
+                    f"{detect_layout(unwrap(state)[0])} layout); name the architecture (--model PRESET, or "
+                    "create_model('focalnet_t_srf', checkpoint=...))"
                 )
             name_or_config = stored
     cfg = resolve_config(name_or_config, **overrides)

@@ -393,7 +393,12 @@ class WindowAttention(TokenMixer):
                                               self.num_heads).to(q.dtype)
         else:
             attn_mask = self._cached_attn_bias(H, W, ws, shift, x.device, q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        # 4-D attention (B, windows x heads, N, hd), the form every backend (and ONNX's SDPA) takes
+        nwh = nh * nw * self.num_heads
+        out = F.scaled_dot_product_attention(
+            q.reshape(B, nwh, N, hd), k.reshape(B, nwh, N, hd), v.reshape(B, nwh, N, hd),
+            attn_mask=attn_mask.expand(nh * nw, self.num_heads, N, N).reshape(nwh, N, N),
+        ).reshape(B, nh * nw, self.num_heads, N, hd)
         out = out.permute(0, 1, 3, 2, 4).reshape(B, nh, nw, ws, ws, C).permute(0, 1, 3, 2, 4, 5).reshape(B, Hp, Wp, C)
         if symbolic or shift > 0:
             out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))

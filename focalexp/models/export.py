@@ -278,9 +278,12 @@ def _tensors(out: Any) -> list:
 
 
 def _version() -> str:
-    from .. import __version__
+    from importlib.metadata import PackageNotFoundError, version
 
-    return __version__
+    try:  # the installed distribution's (models never import the package above them)
+        return version("focalexp")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 # ---------------------------------------------------------------------------- weight layouts

@@ -230,3 +230,10 @@ def test_pretrained_from_the_hub_cache(monkeypatch, tmp_path):
     ft = create_model("focalnet_t_srf", pretrained=True, num_classes=10)
     assert ft.head.out_features == 10
     torch.testing.assert_close(ft.stages[2].blocks[0].mlp.fc1.weight, ref.layers[2].blocks[0].mlp.fc1.weight.flatten(1))
+    # a grayscale model from RGB weights: timm's rule for the first conv (channels summed), as
+    # timm.create_model(..., pretrained=True, in_chans=1) does for timm's own models
+    gray = create_model("focalnet_t_srf", pretrained=True, in_chans=1).eval()
+    torch.testing.assert_close(gray.stem.proj.weight, ref.stem.proj.weight.sum(1, keepdim=True))
+    g = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(gray(g), ref(g.expand(-1, 3, -1, -1)), atol=1e-4, rtol=1e-4)

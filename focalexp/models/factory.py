@@ -115,6 +115,20 @@ def _fetch_timm_weights(tag: str) -> str:
     )
 
 
+def _adapt_first_conv(sd: dict, in_chans: int, base_chans: int) -> dict:
+    """Weights published for ``base_chans`` input channels, for a model with ``in_chans`` (e.g. 1 for
+    grayscale): timm's rule (summed for 1 channel, repeated and rescaled otherwise), as timm does for its
+    own models' ``pretrained=True, in_chans=N``."""
+    if in_chans == base_chans:
+        return sd
+    from timm.models import adapt_input_conv
+
+    key = "stem.proj.weight"  # the first conv in timm's layout, which the hub weights use
+    if key not in sd:
+        raise CheckpointError(f"pretrained: no {key} to adapt to in_chans={in_chans}")
+    return {**sd, key: adapt_input_conv(in_chans, sd[key], base_chans)}
+
+
 def _load_pretrained(model: FocalNet, name: str) -> None:
     preset = get_preset(name)
     if preset.timm_name is None:
@@ -125,6 +139,7 @@ def _load_pretrained(model: FocalNet, name: str) -> None:
     tag = f"{preset.timm_name}.{preset.timm_tag}"
     path = _fetch_timm_weights(tag)
     sd, _ = unwrap(read_state(path))
+    sd = _adapt_first_conv(sd, model.config.in_chans, preset.config.in_chans)
     if model.config.num_classes != preset.config.num_classes:  # a new head: keep everything else
         sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
         report = load_state_into(model, sd, strict=False, source=f"timm weights {tag}")

@@ -11,7 +11,7 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "focalexp"
 
 # room -> the rooms it may import (besides itself and the shared base: errors, fileio, unpickle, config,
-# plugins; configtools and overrides are deprecated aliases of config)
+# plugins, provenance; configtools and overrides are deprecated aliases of config)
 ALLOWED = {
     "models": set(),
     "data": set(),
@@ -20,7 +20,7 @@ ALLOWED = {
     "tasks": {"models", "data", "train", "analysis"},
     "sweep": {"tasks"},
 }
-BASE = {"errors", "fileio", "unpickle", "configtools", "overrides", "config", "plugins", "assets"}
+BASE = {"errors", "fileio", "unpickle", "configtools", "overrides", "config", "plugins", "assets", "provenance"}
 
 
 def _room(module: str) -> str | None:

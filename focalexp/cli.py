@@ -268,6 +268,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
+    import os
+    import time
     from pathlib import Path
 
     from .fileio import input_file
@@ -282,7 +284,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train.loop import RunInterrupted, train
 
     try:
-        result = train(cfg, out, resume=args.resume, nproc=args.nproc)
+        origin = {"cwd": os.getcwd(), "argv": list(sys.argv), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        result = train(cfg, out, resume=args.resume, nproc=args.nproc, provenance=origin)
     except RunInterrupted:
         print(f"interrupted: {out / 'last.pth'} holds the state; run the same command again to continue",
               file=sys.stderr)

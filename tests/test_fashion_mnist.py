@@ -260,3 +260,8 @@ def test_tiny_training_run_through_the_cli(real_root, tmp_path):
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["model"]["in_chans"] == 1 and saved["model"]["num_classes"] == 10
     assert saved["data"]["dataset"] == "fashion_mnist"
+    # a single run through `focalexp train` records its provenance too (one attempt, this command line)
+    from focalexp import provenance
+
+    (att,) = provenance.read(tmp_path / "run")
+    assert att["attempt"] == 1 and att["argv"] and att["code"]["version"] and att["torch"]

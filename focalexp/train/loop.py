@@ -28,7 +28,7 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -182,8 +182,9 @@ class _StopSignals:
 # ---------------------------------------------------------------------------- the trainer
 class Trainer:
     def __init__(self, cfg: RunConfig, out: str | os.PathLike, *, resume: str | os.PathLike | None = None,
-                 progress: bool | None = None):
+                 progress: bool | None = None, provenance: Mapping[str, Any] | None = None):
         self.cfg = cfg
+        self.provenance = provenance  # the origin to record in provenance.json (None: the caller records it)
         self.out = Path(out)
         self.resume_path = Path(resume) if resume is not None else None
         self.progress = progress
@@ -348,6 +349,10 @@ class Trainer:
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+            if self.provenance is not None:
+                from .. import provenance
+
+                provenance.record_attempt(self.out, self.provenance)
         if main and self.progress is not False:
             c = self.cfg
             print(f"run {c.run_id}: {c.model.get('preset')} on {c.data.dataset} ({len(self.data.train)} images), "
@@ -565,8 +570,11 @@ def _first_difference(a: Any, b: Any, key: str = "") -> str:
 
 
 def train(cfg: RunConfig, out: str | os.PathLike, *, resume: str | os.PathLike | None = None,
-          progress: bool | None = None, nproc: int = 1) -> dict:
+          progress: bool | None = None, nproc: int = 1, provenance: Mapping[str, Any] | None = None) -> dict:
     """Run one training + evaluation; returns the result dict (also in ``out/result.json``).
+
+    ``provenance``: record this attempt in ``out/provenance.json`` with that origin (``cwd``, ``argv``,
+    ``time``) once every check passed (``focalexp train``; a sweep's job records its own).
 
     ``nproc`` > 1 trains on that many local processes (DDP: gloo on CPU, nccl with one GPU each); the
     run dir and ``resume`` are checked once, here, before any process starts."""
@@ -575,12 +583,13 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, resume: str | os.PathLike |
     check_nproc(nproc)
     check_out_dir(cfg, Path(out))
     if nproc == 1:
-        return Trainer(cfg, out, resume=resume, progress=progress).run()
+        return Trainer(cfg, out, resume=resume, progress=progress, provenance=provenance).run()
     from .multiprocess import train_multiprocess
 
     if resume is not None:
         read_run_checkpoint(resume, cfg)
-    train_multiprocess(cfg.to_dict(), str(out), nproc, progress, None if resume is None else str(resume))
+    train_multiprocess(cfg.to_dict(), str(out), nproc, progress, None if resume is None else str(resume),
+                       None if provenance is None else dict(provenance))
     return json.loads((Path(out) / "result.json").read_text())
 
 

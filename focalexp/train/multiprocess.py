@@ -16,17 +16,18 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, config: dict, out: str, progress: bool | None,
-            resume: str | None) -> None:
+            resume: str | None, provenance: dict | None = None) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
     from .config import RunConfig
     from .loop import Trainer
 
-    Trainer(RunConfig.from_resolved(config), out, resume=resume, progress=progress if rank == 0 else False).run()
+    Trainer(RunConfig.from_resolved(config), out, resume=resume, progress=progress if rank == 0 else False,
+            provenance=provenance).run()
 
 
 def train_multiprocess(config: dict[str, Any], out: str, nproc: int, progress: bool | None = None,
-                       resume: str | None = None) -> None:
+                       resume: str | None = None, provenance: dict | None = None) -> None:
     """Train ``config`` (a resolved run config, ``RunConfig.to_dict()``: not validated again) on ``nproc``
     local processes, each continuing from ``resume`` when given."""
-    mp.spawn(_worker, args=(nproc, _free_port(), config, out, progress, resume), nprocs=nproc, join=True)
+    mp.spawn(_worker, args=(nproc, _free_port(), config, out, progress, resume, provenance), nprocs=nproc, join=True)

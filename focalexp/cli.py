@@ -268,9 +268,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
-    import os
-    import time
     from pathlib import Path
+
+    from . import provenance
 
     from .fileio import input_file
     from .config import parse_set_args
@@ -284,8 +284,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train.loop import RunInterrupted, train
 
     try:
-        origin = {"cwd": os.getcwd(), "argv": list(sys.argv), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        result = train(cfg, out, resume=args.resume, nproc=args.nproc, provenance=origin)
+        result = train(cfg, out, resume=args.resume, nproc=args.nproc, provenance=provenance.origin())
     except RunInterrupted:
         print(f"interrupted: {out / 'last.pth'} holds the state; run the same command again to continue",
               file=sys.stderr)

@@ -137,6 +137,13 @@ def workdir_state(cwd: str | os.PathLike) -> dict[str, Any]:
     return {"path": str(cwd), **{k: git[k] for k in ("commit", "dirty", "diff_sha256")}}
 
 
+def origin() -> dict[str, Any]:
+    """What a submission knows of itself, for the attempts it starts: the working directory and its git state
+    now, the command line and the time (``snapshot``: filled in by a launcher that makes one)."""
+    cwd = os.getcwd()
+    return {"cwd": cwd, "workdir": workdir_state(cwd), "argv": list(sys.argv), "time": time.time(), "snapshot": None}
+
+
 def attempt(origin: Mapping[str, Any] | None = None, job: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """One attempt's record. ``origin``: what the launcher knew at submission (``cwd``, ``workdir``: its git
     state then, ``argv``, ``time``, ``snapshot``); ``job``: the submitit job (``id``, ``backend``)."""

@@ -14,14 +14,13 @@ alone, missing and stopped ones are (re)submitted, failed and cancelled ones onl
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ConfigError, did_you_mean
-from ..provenance import workdir_state
+from .. import provenance
 from .backends import Backend, find_backend, get_backend
 from .job import RunJob, request_cancel
 from .spec import LauncherConfig, Run, SweepSpec
@@ -71,9 +70,7 @@ class Submission:
         self.settings = task_settings(spec)
         self.code = None  # the code snapshot the jobs run from (launcher.snapshot), made at the first send
         # what the jobs' provenance.json says of the submission; the working directory's git state as it is now
-        cwd = os.getcwd()
-        self.origin = {"cwd": cwd, "workdir": workdir_state(cwd), "argv": list(sys.argv), "time": time.time(),
-                       "snapshot": None}
+        self.origin = provenance.origin()
 
     def call(self, run: Run) -> tuple:
         """What the job calls on the node: ``RunJob()(*call)``."""

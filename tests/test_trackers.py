@@ -163,6 +163,42 @@ def test_wandb_and_mlflow_continue_the_same_run_after_a_resume(tmp_path, monkeyp
     assert resumed.run_id == fresh.run_id
 
 
+def test_a_sweeps_runs_are_grouped_and_a_retrain_from_scratch_gets_a_new_wandb_id(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_DIR", raising=False)  # W&B's files go to the run dir
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    cfg = resolve_run_config(tiny_run(data={"train_size": 32, "val_size": 16},
+                                      train={"epochs": 1, "trackers": ["wandb", "mlflow"]}))
+    sweep = tmp_path / "sweeps" / "levels"
+    sweep.mkdir(parents=True)
+    (sweep / "sweep.json").write_text(json.dumps({"name": "focal_levels", "runs": []}))
+    run = sweep / "runs" / cfg.run_id
+    assert train(cfg, run, progress=False)["status"] == "done"
+    for name in ("last.pth", "result.json", "metrics.jsonl"):  # the same dir trained again from scratch
+        (run / name).unlink(missing_ok=True)
+    assert train(cfg, run, progress=False)["status"] == "done"
+
+    groups, ids = set(), []
+    for f in sorted(run.glob("wandb/offline-run-*/run-*.wandb")):
+        for rec in _wandb_records(f):
+            if rec.WhichOneof("record_type") == "run":
+                groups.add(rec.run.run_group)
+                ids.append(rec.run.run_id)
+                break
+    assert groups == {"focal_levels"}
+    assert ids == [cfg.run_id, f"{cfg.run_id}-2"]  # no history mixed into the first W&B run
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("focal_levels")  # the sweep's experiment, not "focalexp"
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 2 and {r.data.tags["focalexp.sweep"] for r in runs} == {"focal_levels"}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -23,6 +23,7 @@ validation uses it.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -49,6 +50,45 @@ class TrackedRun:
     @property
     def resumed(self) -> bool:
         return self.start_step > 0
+
+    @property
+    def group(self) -> str:
+        """The sweep the run belongs to (its ``SWEEP/runs/ID`` dir's ``sweep.json`` name), or "": W&B groups
+        a sweep's runs by it, MLflow files them in an experiment of that name."""
+        d = Path(self.run_dir)
+        if d.parent.name != "runs":
+            return ""
+        manifest = d.parent.parent / "sweep.json"
+        try:  # a user file: any problem means no group
+            name = json.loads(manifest.read_bytes()).get("name") if manifest.stat().st_size < 2**28 else None
+        except (OSError, ValueError, RecursionError, AttributeError):
+            return ""
+        return name[:128] if isinstance(name, str) and name.isprintable() else ""
+
+    def tracker_id(self, tracker: str) -> str:
+        """The id of this run in ``tracker``: the config hash for the run dir's first training, kept in
+        ``RUN/tracker_ids.json`` so that every resume and requeue continues it; a run dir trained again
+        from scratch (its checkpoint deleted) gets ``HASH-2``, ``HASH-3``... so no history is mixed."""
+        path = Path(self.run_dir) / "tracker_ids.json"
+        try:
+            ids = json.loads(path.read_text())
+            ids = ids if isinstance(ids, dict) else {}
+        except (OSError, ValueError, RecursionError):
+            ids = {}
+        old = ids.get(tracker)
+        old = old if isinstance(old, str) and old.startswith(self.run_id) else None
+        if self.resumed:
+            return old or self.run_id
+        if old is None:
+            new = self.run_id
+        else:
+            n = old[len(self.run_id) + 1:]
+            new = f"{self.run_id}-{int(n) + 1 if n.isdigit() else 2}"
+        ids[tracker] = new
+        from ..fileio import atomic_write_text
+
+        atomic_write_text(path, json.dumps(ids))
+        return new
 
 
 class Tracker:
@@ -96,8 +136,10 @@ class TensorBoardTracker(Tracker):
 
 
 class WandbTracker(Tracker):
-    """A W&B run with ``id`` = the run id, resumed when it exists; project from ``WANDB_PROJECT``
-    (default ``focalexp``), files in ``WANDB_DIR`` (default: the run dir)."""
+    """A W&B run with ``id`` = the run id (:meth:`TrackedRun.tracker_id`), resumed when it exists, in the
+    group of its sweep; project from ``WANDB_PROJECT`` (default ``focalexp``), files in ``WANDB_DIR``
+    (default: the run dir). The same config trained in two run dirs shares the W&B id (W&B keeps one
+    history per id): give the second a ``WANDB_PROJECT`` of its own."""
 
     name = "wandb"
     install = "focalexp[wandb]"
@@ -106,7 +148,8 @@ class WandbTracker(Tracker):
         import wandb
 
         self.run = wandb.init(
-            project=os.environ.get("WANDB_PROJECT") or "focalexp", id=run.run_id, resume="allow", name=run.name,
+            project=os.environ.get("WANDB_PROJECT") or "focalexp", id=run.tracker_id("wandb"), resume="allow",
+            name=run.name, group=run.group or None, tags=[run.group] if run.group else None,
             config=run.config, dir=None if os.environ.get("WANDB_DIR") else str(run.run_dir),
             settings=wandb.Settings(console="off"))
 
@@ -119,7 +162,7 @@ class WandbTracker(Tracker):
 
 class MlflowTracker(Tracker):
     """An MLflow run tagged ``focalexp.run_id`` (a resume finds the latest by that tag and continues it
-    by its run_id), in the experiment ``MLFLOW_EXPERIMENT_NAME`` (default ``focalexp``) of
+    by its run_id), in the experiment ``MLFLOW_EXPERIMENT_NAME`` (default: the sweep's name, else ``focalexp``) of
     ``MLFLOW_TRACKING_URI``. Steps that a killed process logged after its last checkpoint are not logged
     again (MLflow cannot delete them). Requests to a server get a short timeout and few retries unless
     ``MLFLOW_HTTP_REQUEST_*`` say otherwise, so a server that is down costs seconds, once."""
@@ -137,7 +180,7 @@ class MlflowTracker(Tracker):
 
         self.Metric = Metric
         self.client = c = MlflowClient()
-        name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "focalexp"
+        name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or run.group or "focalexp"
         exp = c.get_experiment_by_name(name)
         eid = exp.experiment_id if exp is not None else c.create_experiment(name)
         # a resumed run continues the latest MLflow run of its id; a fresh one (the same experiment trained
@@ -154,7 +197,8 @@ class MlflowTracker(Tracker):
                     self.logged[key] = last
         else:
             self.run_id = c.create_run(eid, run_name=run.run_id, tags={
-                self.TAG: run.run_id, "mlflow.note.content": run.name}).info.run_id
+                self.TAG: run.run_id, "mlflow.note.content": run.name,
+                **({"focalexp.sweep": run.group} if run.group else {})}).info.run_id
             c.log_batch(self.run_id, params=[_param(k, v) for k, v in _flatten(run.config).items()][:100])
 
     def log(self, scalars: Mapping[str, float], step: int) -> None:

@@ -485,3 +485,16 @@ def test_expand_and_estimate_build_no_model_and_import_no_torch(tmp_path):
     assert got["gmacs"] == pytest.approx(want, rel=1e-12)
     with pytest.raises(ConfigError, match="focal_levels"):
         expand(parse_spec(tiny_spec(grid={"model.focal_levels": [-1]})))
+
+
+def test_local_runs_start_costliest_first():
+    """With 2 slots and 15 runs, the L = 4 runs start first and an L = 0 run finishes the sweep."""
+    from focalexp.sweep import load_spec
+    from focalexp.sweep.backends.local import longest_first
+
+    sp = load_spec(REPO / "experiments" / "focal_levels.yaml")
+    sp.seeds = [0, 1]
+    runs = expand(sp)
+    order = [r.axes["model.focal_levels"] for r in longest_first(sp, runs)]
+    assert order == [4, 4, 3, 3, 2, 2, 1, 1, 0, 0]
+    assert [r.seed for r in longest_first(sp, runs)][:2] == [0, 1]  # ties keep the spec's order

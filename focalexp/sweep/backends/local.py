@@ -91,6 +91,18 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+def longest_first(spec, runs: list) -> list:
+    """``runs`` with the costliest first (the task's estimate of training MACs; ties keep the spec's order):
+    with a few slots, starting the long runs early keeps one long run from finishing alone at the end."""
+    from .. import estimate
+
+    try:
+        cost = {row["run_id"]: row.get("train_pmacs") or 0.0 for row in estimate(spec, runs)}
+    except Exception:  # noqa: BLE001 - an estimate is a hint for the order, never a reason not to run
+        return list(runs)
+    return sorted(runs, key=lambda r: -cost.get(r.run_id, 0.0))
+
+
 class LocalBackend(Backend):
     name = "local"
     description = ("processes on this machine, launcher.array_parallelism at a time (default cores / "
@@ -130,11 +142,11 @@ class LocalBackend(Backend):
                 f"(logs in {sweep_dir}/logs; Ctrl-C stops them with a checkpoint, the same command continues)")
 
     def submit(self, submission, runs, progress=None) -> list[Any]:
-        """At most :func:`parallelism` runs at a time; returns when all ended. Each run's job files lie in
+        """At most :func:`parallelism` runs at a time, the costliest first; returns when all ended. Each run's job files lie in
         ``logs/RUN_ID/`` (submitit's local controller creates its folder argument as given, so a ``%j``
         template there would leave an empty directory named ``%j``)."""
         parallel = parallelism(submission.spec.launcher)
-        pending = list(runs)
+        pending = longest_first(submission.spec, runs)
         active: list[Any] = []
         finished: list[Any] = []
         try:

@@ -298,6 +298,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result.get("status") == "failed":
         print(f"failed: {result.get('reason')}", file=sys.stderr)
         return 1
+    if result.get("write_error"):  # a full disk: stopped, the last checkpoint intact; a re-run continues
+        print(f"focalexp train: stopped: {result.get('reason')}", file=sys.stderr)
+        return 1
     return 0
 
 

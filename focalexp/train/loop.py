@@ -463,7 +463,8 @@ class Trainer:
                       "reason": f"stopped by signal {signal.Signals(stops.caught).name} at epoch {self._stop_epoch}; "
                                 "last.pth continues the run"}
             if main:
-                write_json(self.out / "result.json", result)
+                with contextlib.suppress(OSError):  # a full disk: last.pth is written, the rest is best effort
+                    write_json(self.out / "result.json", result)
             self.trackers.finish("interrupted")
             stops.hand_over()  # submitit: checkpoint() + requeue, then exit
             raise
@@ -748,7 +749,8 @@ def find_resume(out: str | os.PathLike, cfg: RunConfig, resume: str | os.PathLik
     first = Path(resume) if resume is not None else out / "last.pth"
     what = "--resume" if resume is not None else "resume"
     prev = previous_checkpoint(first)
-    stop = "not training from scratch over the run's history (move the run dir aside to start again)"
+    stop = ("not training from scratch over the run's history (move the run dir aside to start again)"
+            if resume is None else "nothing to resume from")
     if resume is not None or first.exists():
         try:
             return ResumePoint(first, read_run_checkpoint(first, cfg, what))
@@ -771,8 +773,9 @@ def find_resume(out: str | os.PathLike, cfg: RunConfig, resume: str | os.PathLik
     except CheckpointError as e:
         raise CannotResume(f"{first_error}; and {str(e).removeprefix(what + ': ')}; {stop}") from None
     at = f"after epoch {st['epoch']}" if st["step"] == 0 else f"epoch {st['epoch'] + 1}, step {st['step']}"
+    damaged_here = first.exists() and first.resolve() == (out / "last.pth").resolve()
     return ResumePoint(prev, st, f"warning: {first_error}; resuming from '{prev}' ({at}) instead",
-                       last_is_bad=first.exists())
+                       last_is_bad=damaged_here)
 
 
 def _metrics_rows(out: Path) -> int:

@@ -18,7 +18,8 @@ from .errors import ConfigError, FocalexpError
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, binary: bool = False, previous: str | os.PathLike | None = None) -> Iterator[IO]:
+def atomic_write(path: str | os.PathLike, binary: bool = False,
+                 previous: str | os.PathLike | None = None) -> Iterator[IO]:
     """``with atomic_write(path) as f: ...``: readers of ``path`` see the old file or the complete new one,
     never a torn one (a unique temporary file in the same directory, fsync, rename); on an error (a full
     disk included) the temporary file is removed and ``path`` is untouched. The one atomic writer of

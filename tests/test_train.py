@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -428,34 +427,6 @@ def test_no_readable_checkpoint_over_a_history_stops_and_a_sweep_run_fails(tmp_p
     (out / "last.prev.pth").unlink()
     r = invoke("train", "--out", str(out), *_set_args(raw))
     assert r.returncode == 2 and "records 1 trained epoch(s)" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real tmpfs mounted on tmp_path/disk (root only: CI runs as root; elsewhere skipped unless
-    FOCALEXP_REQUIRE_SLURM=1), unmounted afterwards; ``resize(kib)`` remounts it at another size."""
-    import shutil
-
-    def unavailable(why: str):
-        if os.environ.get("FOCALEXP_REQUIRE_SLURM") == "1":
-            pytest.fail(f"a tmpfs is required: {why}")
-        pytest.skip(why)
-
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        unavailable("mounting a tmpfs needs root")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], capture_output=True, text=True)
-    if p.returncode != 0:
-        unavailable(f"mount failed: {p.stderr.strip()}")
-
-    def resize(kib: int) -> None:
-        subprocess.run(["mount", "-o", f"remount,size={kib}k", str(disk)], check=True, capture_output=True)
-
-    try:
-        yield SimpleNamespace(path=disk, resize=resize)
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
 @pytest.mark.slow

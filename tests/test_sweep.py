@@ -381,6 +381,23 @@ def test_two_launchers_started_together_one_submits_the_other_names_it(tmp_path)
     assert counts(status(sw)) == {"done": 1}
 
 
+def test_sweep_json_records_its_format_and_older_dirs_still_read(tmp_path):
+    from focalexp.errors import FocalexpError
+    from focalexp.sweep.store import FORMAT, SweepDir
+
+    spec = parse_spec(tiny_spec())
+    sd = SweepDir(tmp_path / "sw")
+    sd.write_manifest(spec, expand(spec, check_data_present=False), "local")
+    m = json.loads(sd.manifest_path.read_text())
+    assert m["format"] == FORMAT == 1 and sd.manifest()["name"] == "tiny"
+    del m["format"]  # a sweep dir written before the field existed
+    sd.manifest_path.write_text(json.dumps(m))
+    assert [r["run_id"] for r in sd.manifest()["runs"]] == [r["run_id"] for r in m["runs"]]
+    sd.manifest_path.write_text(json.dumps({**m, "format": FORMAT + 1}))
+    with pytest.raises(FocalexpError, match=f"format {FORMAT + 1}, written by a newer focalexp"):
+        sd.manifest()
+
+
 def test_a_live_claim_keeps_a_duplicate_job_out(tmp_path):
     rd = tmp_path / "run"
     rd.mkdir()

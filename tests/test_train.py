@@ -454,6 +454,7 @@ def test_a_full_disk_stops_the_run_and_a_rerun_with_space_continues(tmp_path, sm
     assert f"{out / 'last.pth'} (after epoch 1) is intact" in errors[0]
     result = json.loads((out / "result.json").read_text())
     assert result["status"] == "stopped" and result["reason"] in errors[0] and result["write_error"]
+    assert result["epochs_done"] == 1  # what the intact checkpoint holds, not the epoch whose save failed
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
     assert torch.load(out / "last.pth", weights_only=True)["epoch"] == 1
     small_disk.resize(16 * 1024)

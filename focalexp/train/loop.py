@@ -496,7 +496,8 @@ class Trainer:
             at = f"after epoch {epoch}" if step == 0 else f"epoch {epoch + 1}, step {step}"
             name = self._resume_from if self._last_is_bad else self.out / "last.pth"
             keep = f"{name} ({at}) is intact: free some space and run again to continue"
-        result = {**self._result_base(), **self._summary(), "status": "stopped", "reason": f"{e}; {keep}",
+        saved = self.metrics[: self._saved_at[0]] if self._saved_at else []  # what a re-run continues from
+        result = {**self._result_base(), **self._summary(saved), "status": "stopped", "reason": f"{e}; {keep}",
                   "write_error": str(e.path)}
         if self.dist.is_main:
             with contextlib.suppress(OSError):
@@ -646,13 +647,14 @@ class Trainer:
                           "model": self.cfg.model.get("preset"), "img_size": mcfg.img_size}
         return dict(self._base)
 
-    def _summary(self) -> dict:
-        last = next((m for m in reversed(self.metrics) if "top1" in m), {})
+    def _summary(self, metrics: list[dict] | None = None) -> dict:
+        metrics = self.metrics if metrics is None else metrics
+        last = next((m for m in reversed(metrics) if "top1" in m), {})
         peak = process_peak_memory_mb(self.device)
         return {
             "top1": last.get("top1"), "top5": last.get("top5"), "eval_loss": last.get("eval_loss"),
             "best_top1": self.best_top1 if self.best_top1 >= 0 else None,
-            "epochs_done": len(self.metrics), "train_seconds": self.train_seconds,
+            "epochs_done": len(metrics), "train_seconds": self.train_seconds,
             "images_per_s": self.train_samples / self.train_seconds if self.train_seconds else None,
             "peak_memory_mb": peak, "device": str(self.device), "world_size": self.dist.world_size,
             "ema_top1": last.get("ema_top1"),

@@ -212,6 +212,8 @@ case("resume-run-dir-last-missing-prev-corrupt", [*TRAIN, "--out", "{tmp}/run"],
      "last.prev.pth", "corrupt", setup=write("run/last.prev.pth", CUT_ZIP))
 case("resume-run-dir-metrics-without-checkpoint", [*TRAIN, "--out", "{tmp}/run"], "metrics.jsonl",
      "records 2 trained epoch(s)", "no checkpoint", setup=write("run/metrics.jsonl", '{"epoch": 1}\n{"epoch": 2}\n'))
+case("resume-flag-garbage", [*TRAIN, "--out", "{tmp}/run", "--resume", "{tmp}/g.pth"], "--resume", "g.pth",
+     "not a checkpoint", setup=write("g.pth", bytes(np.random.default_rng(2).integers(128, 256, 4096, dtype=np.uint8))))
 case("resume-flag-evil-and-evil-previous", [*TRAIN, "--out", "{tmp}/run", "--resume", "{tmp}/old/last.pth"],
      "--resume", "refused", "last.prev.pth", "nothing to resume from", setup=lambda tmp: ((tmp / "old").mkdir(),
                                                              evil_file("old/last.pth", "torch_zip")(tmp),

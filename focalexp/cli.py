@@ -298,6 +298,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result.get("status") == "failed":
         print(f"failed: {result.get('reason')}", file=sys.stderr)
         return 1
+    if result.get("write_error"):  # a full disk: stopped, the last checkpoint intact; a re-run continues
+        print(f"focalexp train: stopped: {result.get('reason')}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -344,17 +347,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         bar.n = done
         bar.refresh()
 
-    from .sweep import get_backend
+    from .sweep import SweepDir, get_backend
 
-    line = get_backend(which).announce(spec, sweep_dir, len(runs))
-    if line:
-        print(line, file=sys.stderr, flush=True)
-    try:
-        out = launch(spec, sweep_dir, runs=runs, retry_failed=args.retry_failed, progress=progress,
-                     allow_setup=args.allow_setup)
-    finally:
-        if bar is not None:
-            bar.close()
+    # the lock first: a second launcher on this dir says who holds it, in one line, before announcing anything
+    with SweepDir(sweep_dir).lock(reentrant=True):
+        line = get_backend(which).announce(spec, sweep_dir, len(runs))
+        if line:
+            print(line, file=sys.stderr, flush=True)
+        try:
+            out = launch(spec, sweep_dir, runs=runs, retry_failed=args.retry_failed, progress=progress,
+                         allow_setup=args.allow_setup)
+        finally:
+            if bar is not None:
+                bar.close()
     skipped = ", ".join(f"{len(v)} {k}" for k, v in out.skipped.items())
     print(f"sweep {spec.name}: {len(runs)} runs; submitted {len(out.submitted)} ({out.cluster})"
           + (f"; left alone: {skipped}" if skipped else "") + f"; dir {sweep_dir}")

@@ -18,24 +18,46 @@ from .errors import ConfigError, FocalexpError
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, binary: bool = False) -> Iterator[IO]:
+def atomic_write(path: str | os.PathLike, binary: bool = False,
+                 previous: str | os.PathLike | None = None) -> Iterator[IO]:
     """``with atomic_write(path) as f: ...``: readers of ``path`` see the old file or the complete new one,
-    never a torn one (a unique temporary file in the same directory, fsync, rename); on an error the
-    temporary file is removed and ``path`` is untouched. The one atomic writer of focalexp (text, JSON,
-    YAML, checkpoints, claims)."""
+    never a torn one (a unique temporary file in the same directory, fsync, rename); on an error (a full
+    disk included) the temporary file is removed and ``path`` is untouched. The one atomic writer of
+    focalexp (text, JSON, YAML, checkpoints, claims).
+
+    ``previous``: keep the file ``path`` held so far there once the new one is complete (a hard link then
+    a rename, so that ``path`` exists at every moment; a plain rename where links are not supported). An
+    older ``previous`` is removed before the new file is written, so the disk holds at most two copies."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if previous is not None and path.exists():
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(previous)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb" if binary else "w") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        if previous is not None and path.exists():
+            _keep_previous(path, Path(previous))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _keep_previous(path: Path, previous: Path) -> None:
+    link = previous.with_name(f".{previous.name}.link")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(link)
+    try:
+        os.link(path, link)
+    except OSError:  # no hard links here (FAT, some FUSE file systems): for a moment there is no ``path``
+        os.replace(path, previous)
+        return
+    os.replace(link, previous)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -82,3 +82,33 @@ def run():
         return r
 
     return _run
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real tmpfs mounted on tmp_path/disk (root only: CI runs as root; elsewhere skipped unless
+    FOCALEXP_REQUIRE_SLURM=1), unmounted afterwards; ``resize(kib)`` remounts it at another size."""
+    import os
+    import shutil
+    import subprocess
+
+    def unavailable(why: str):
+        if os.environ.get("FOCALEXP_REQUIRE_SLURM") == "1":
+            pytest.fail(f"a tmpfs is required: {why}")
+        pytest.skip(why)
+
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        unavailable("mounting a tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if p.returncode != 0:
+        unavailable(f"mount failed: {p.stderr.strip()}")
+
+    def resize(kib: int) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={kib}k", str(disk)], check=True, capture_output=True)
+
+    try:
+        yield SimpleNamespace(path=disk, resize=resize)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)

@@ -237,3 +237,26 @@ def test_pretrained_from_the_hub_cache(monkeypatch, tmp_path):
     g = torch.randn(1, 1, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(gray(g), ref(g.expand(-1, 3, -1, -1)), atol=1e-4, rtol=1e-4)
+
+
+def test_atomic_save_keeps_the_previous_file_and_a_full_disk_leaves_both_intact(small_disk):
+    """``previous``: the file replaced is kept there; on a real full disk torch's writer fails, the OSError
+    (ENOSPC) comes out instead of torch's "unexpected pos", the temporary file is gone and both files
+    read as before."""
+    import errno
+    import os
+
+    from focalexp.models.checkpoint import atomic_save
+
+    last, prev = small_disk.path / "last.pth", small_disk.path / "last.prev.pth"
+    atomic_save({"n": torch.zeros(10)}, last, previous=prev)
+    assert not prev.exists()
+    atomic_save({"n": torch.ones(10)}, last, previous=prev)
+    assert torch.equal(torch.load(last, weights_only=True)["n"], torch.ones(10))
+    assert torch.equal(torch.load(prev, weights_only=True)["n"], torch.zeros(10))
+    small_disk.resize(256)
+    with pytest.raises(OSError) as e:
+        atomic_save({"n": torch.zeros(200_000)}, last, previous=prev)  # 800 kB
+    assert e.value.errno == errno.ENOSPC
+    assert sorted(os.listdir(small_disk.path)) == ["last.pth"]  # the older copy made room; no temporary file
+    assert torch.equal(torch.load(last, weights_only=True)["n"], torch.ones(10))

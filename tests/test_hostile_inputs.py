@@ -193,6 +193,42 @@ case("resume-other-config", [*TRAIN, "--out", "{tmp}/run", "--resume", "{tmp}/la
 case("resume-damaged-run-checkpoint", [*TRAIN, "--set", "train.threads=2", "--out", "{tmp}/run", "--resume",
                                        "{tmp}/last.pth"], "optimizer", setup=run_ckpt("last.pth"))
 
+# -- a run dir to continue whose checkpoints cannot be read (never a silent restart over its history)
+CUT_ZIP = hostile.torch_zip({"w": torch.zeros(1000)})[:700]
+case("resume-run-dir-last-cut-short", [*TRAIN, "--out", "{tmp}/run"], "{tmp}/run/last.pth", "corrupt",
+     "no last.prev.pth", "not training from scratch", setup=write("run/last.pth", CUT_ZIP))
+case("resume-run-dir-last-empty", [*TRAIN, "--out", "{tmp}/run"], "last.pth", "is empty", "not training from scratch",
+     setup=write("run/last.pth", b""))
+case("resume-run-dir-last-garbage", [*TRAIN, "--out", "{tmp}/run"], "last.pth", "not a checkpoint",
+     "not training from scratch",
+     setup=write("run/last.pth", bytes(np.random.default_rng(1).integers(128, 256, 512, dtype=np.uint8))))
+case("resume-run-dir-last-evil", [*TRAIN, "--out", "{tmp}/run"], "refused", "last.pth", "not training from scratch",
+     setup=lambda tmp: ((tmp / "run").mkdir(), evil_file("run/last.pth", "torch_zip")(tmp)))
+case("resume-run-dir-last-damaged-state", [*TRAIN, "--out", "{tmp}/run"], "last.pth", "damaged", "optimizer",
+     "not training from scratch", setup=lambda tmp: ((tmp / "run").mkdir(), run_ckpt("run/last.pth")(tmp)))
+case("resume-run-dir-both-corrupt", [*TRAIN, "--out", "{tmp}/run"], "{tmp}/run/last.pth", "{tmp}/run/last.prev.pth",
+     "not training from scratch", setup=both(write("run/last.pth", CUT_ZIP), write("run/last.prev.pth", b"")))
+case("resume-run-dir-last-missing-prev-corrupt", [*TRAIN, "--out", "{tmp}/run"], "last.pth' is missing",
+     "last.prev.pth", "corrupt", setup=write("run/last.prev.pth", CUT_ZIP))
+case("resume-run-dir-metrics-without-checkpoint", [*TRAIN, "--out", "{tmp}/run"], "metrics.jsonl",
+     "records 2 trained epoch(s)", "no checkpoint", setup=write("run/metrics.jsonl", '{"epoch": 1}\n{"epoch": 2}\n'))
+case("resume-flag-garbage", [*TRAIN, "--out", "{tmp}/run", "--resume", "{tmp}/g.pth"], "--resume", "g.pth",
+     "not a checkpoint", setup=write("g.pth", bytes(np.random.default_rng(2).integers(128, 256, 4096, dtype=np.uint8))))
+case("resume-flag-evil-and-evil-previous", [*TRAIN, "--out", "{tmp}/run", "--resume", "{tmp}/old/last.pth"],
+     "--resume", "refused", "last.prev.pth", "nothing to resume from", setup=lambda tmp: ((tmp / "old").mkdir(),
+                                                             evil_file("old/last.pth", "torch_zip")(tmp),
+                                                             evil_file("old/last.prev.pth", "plain_pickle_p2")(tmp)))
+
+# -- a sweep dir written by a newer focalexp (or with a nonsense format): refused by every command
+NEWER_MANIFEST = json.dumps({"format": 2, **json.loads(GOOD_MANIFEST)})
+for cmd in ("status", "collect", "report", "cancel"):
+    case(f"{cmd}-manifest-newer-format", [cmd, "{tmp}/sw"], "{tmp}/sw/sweep.json", "format 2", "newer focalexp",
+         setup=sweep_dir(NEWER_MANIFEST))
+case("sweep-dir-newer-format", ["sweep", "{tmp}/s.yaml", "--dir", "{tmp}/sw"], "sweep.json", "format 2",
+     "newer focalexp", setup=both(spec_file(), sweep_dir(NEWER_MANIFEST)))
+case("status-manifest-format-not-a-version", ["status", "{tmp}/sw"], "sweep.json", "'format'",
+     setup=sweep_dir(json.dumps({"format": "2.0-beta", **json.loads(GOOD_MANIFEST)})))
+
 # -- YAML files given as specs or run configs
 case("spec-binary", ["sweep", "{tmp}/s.yaml"], "not a text file", setup=write("s.yaml", b"\x89PNG\r\n\x1a\n\xff\xfe"))
 case("spec-nul-bytes", ["sweep", "{tmp}/s.yaml"], "NUL", setup=write("s.yaml", "name: a\x00\n"))

@@ -348,6 +348,56 @@ def test_second_launcher_on_the_same_dir_is_refused(tmp_path):
     assert not (tmp_path / "sw" / "sweep.json").exists()
 
 
+@pytest.mark.slow
+def test_two_launchers_started_together_one_submits_the_other_names_it(tmp_path):
+    """Two `focalexp sweep` processes on one sweep dir at the same moment: exactly one submits and runs
+    the sweep; the other exits 1 at once with one line naming the holder's pid, and nothing of it is
+    in the sweep dir (one submission per run, no file of its pid)."""
+    spec = tiny_spec(grid={"model.focal_levels": [1]})  # one local job: the winner holds the lock while it runs
+    spec["base"]["train"].update(epochs=1, trackers=[])
+    spec["base"]["data"].update(train_size=64, val_size=32)
+    p = write_spec(tmp_path, spec)
+    sw = tmp_path / "sw"
+    argv = [sys.executable, "-m", "focalexp", "sweep", str(p), "--dir", str(sw)]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    ended = {}
+    while len(ended) < 2:
+        for i, proc in enumerate(procs):
+            if i not in ended and proc.poll() is not None:
+                ended[i] = time.monotonic()
+        time.sleep(0.02)
+    outs = [proc.communicate(timeout=300) for proc in procs]
+    rcs = [proc.returncode for proc in procs]
+    assert sorted(rcs) == [0, 1], (rcs, outs)
+    win, lose = (0, 1) if rcs[0] == 0 else (1, 0)
+    out, err = outs[lose]
+    assert out == "" and "Traceback" not in err
+    (line,) = err.strip().splitlines()
+    assert f"another launcher (pid {procs[win].pid}) is working on this sweep dir" in line, line
+    assert ended[lose] < ended[win]  # refused at once, not after waiting for the sweep
+    events = [json.loads(x) for x in (sw / "jobs.jsonl").read_text().splitlines()]
+    assert sorted(e["event"] for e in events) == ["submitted", "submitting"]
+    assert not [q for q in sw.rglob("*") if str(procs[lose].pid) in q.name]
+    assert counts(status(sw)) == {"done": 1}
+
+
+def test_sweep_json_records_its_format_and_older_dirs_still_read(tmp_path):
+    from focalexp.errors import FocalexpError
+    from focalexp.sweep.store import FORMAT, SweepDir
+
+    spec = parse_spec(tiny_spec())
+    sd = SweepDir(tmp_path / "sw")
+    sd.write_manifest(spec, expand(spec, check_data_present=False), "local")
+    m = json.loads(sd.manifest_path.read_text())
+    assert m["format"] == FORMAT == 1 and sd.manifest()["name"] == "tiny"
+    del m["format"]  # a sweep dir written before the field existed
+    sd.manifest_path.write_text(json.dumps(m))
+    assert [r["run_id"] for r in sd.manifest()["runs"]] == [r["run_id"] for r in m["runs"]]
+    sd.manifest_path.write_text(json.dumps({**m, "format": FORMAT + 1}))
+    with pytest.raises(FocalexpError, match=f"format {FORMAT + 1}, written by a newer focalexp"):
+        sd.manifest()
+
+
 def test_a_live_claim_keeps_a_duplicate_job_out(tmp_path):
     rd = tmp_path / "run"
     rd.mkdir()

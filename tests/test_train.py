@@ -358,3 +358,109 @@ def test_resume_flag_continues_from_a_given_checkpoint(tmp_path, capsys):
     assert [r["epoch"] for r in rows] == [1, 2]  # epoch 1 came with the checkpoint
     assert main(["train", "--out", str(tmp_path / "c"), "--resume", str(tmp_path / "nope.pth")]) == 2
     assert "--resume: no such file" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- damaged checkpoints, full disks
+FAST = {"data": {"train_size": 64, "val_size": 32}, "train": {"epochs": 2}}
+
+
+def _fast(**train_over) -> dict:
+    return tiny_run(data=FAST["data"], train={**FAST["train"], **train_over})
+
+
+@pytest.mark.slow
+def test_a_cut_short_last_pth_resumes_from_the_previous_one_exactly(tmp_path):
+    """last.pth cut short (a copy interrupted, a dying disk): one warning line naming it, the run continues
+    from last.prev.pth and ends bit-identical to the run before the damage, each epoch logged once; the
+    damaged file is not kept as the previous checkpoint."""
+    from .conftest import invoke
+
+    raw = _fast(epochs=2, trackers=[])
+    out, ref = tmp_path / "cut", tmp_path / "ref"
+    train(resolve_run_config(raw), out, progress=False)
+    assert torch.load(out / "last.prev.pth", weights_only=True)["epoch"] == 1
+    ref.mkdir()
+    for name in ("last.pth", "metrics.jsonl"):
+        (ref / name).write_bytes((out / name).read_bytes())
+    data = (out / "last.pth").read_bytes()
+    (out / "last.pth").write_bytes(data[: len(data) // 2])
+    r = invoke("train", "--out", str(out), *_set_args(raw))
+    assert r.returncode == 0, r.stderr
+    warnings = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and f"'{out / 'last.pth'}'" in warnings[0] and "corrupt" in warnings[0]
+    assert f"resuming from '{out / 'last.prev.pth'}' (after epoch 1)" in warnings[0]
+    assert [m["epoch"] for m in read_metrics(out)] == [1, 2]  # epoch 2 logged once, though it ran twice
+    _same_metrics(read_metrics(ref), read_metrics(out))
+    _same_state(ref, out)
+    assert torch.load(out / "last.prev.pth", weights_only=True)["epoch"] == 1  # the good one, not the cut file
+
+
+def test_no_readable_checkpoint_over_a_history_stops_and_a_sweep_run_fails(tmp_path):
+    """Both checkpoints damaged, or metrics.jsonl without a checkpoint: one line naming the files, exit 2,
+    nothing trained or written; as a sweep's task, the run ends failed with that line."""
+    from focalexp.tasks import get_task
+
+    from .conftest import invoke
+
+    raw = _fast(epochs=1)
+    out = tmp_path / "run"
+    train(resolve_run_config(raw), out, progress=False)
+    (out / "last.pth").write_bytes(b"PK\x03\x04 not a zip")
+    (out / "last.prev.pth").write_bytes(b"")
+    (out / "best.pth").unlink()
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    r = invoke("train", "--out", str(out), *_set_args(raw))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert "last.pth" in line and "last.prev.pth" in line and "not training from scratch" in line
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    # the same run dir as a sweep's run: failed, with the line, its history untouched
+    task = get_task("train")
+    with pytest.raises(RuntimeError, match="not training from scratch"):
+        task.run(task.from_plain(resolve_run_config(raw).to_dict()), str(out), {})
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "failed" and "last.prev.pth" in result["reason"]
+    assert (out / "metrics.jsonl").read_bytes() == before["metrics.jsonl"]
+    assert (out / "last.pth").read_bytes() == before["last.pth"]
+    # no checkpoint at all, but epochs in metrics.jsonl
+    (out / "last.pth").unlink()
+    (out / "last.prev.pth").unlink()
+    r = invoke("train", "--out", str(out), *_set_args(raw))
+    assert r.returncode == 2 and "records 1 trained epoch(s)" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_the_run_and_a_rerun_with_space_continues(tmp_path, small_disk):
+    """The disk fills while a checkpoint is written: exit 1 with one line, result.json says stopped and
+    why, no temporary file is left, the previous checkpoint is intact; with space again the same command
+    continues from it and ends as an uninterrupted run, each epoch logged once."""
+    from .conftest import invoke
+
+    raw = _fast(epochs=2)
+    ref = tmp_path / "ref"
+    train(resolve_run_config(raw), ref, progress=False)
+    out = small_disk.path / "run"
+    r = invoke("train", "--out", str(out), *_set_args(raw), "--set", "train.stop_after_epochs=1")
+    assert r.returncode == 0, r.stderr
+    st = os.statvfs(small_disk.path)
+    used_kib = (st.f_blocks - st.f_bfree) * st.f_frsize // 1024
+    last_kib = (out / "last.pth").stat().st_size // 1024
+    small_disk.resize(used_kib + last_kib // 2)  # room for the epoch's small files, not for another last.pth
+    r = invoke("train", "--out", str(out), *_set_args(raw))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("focalexp train:")]
+    assert errors == [r.stderr.strip().splitlines()[-1]]
+    assert f"no space left on device writing {out}" in errors[0]
+    assert f"{out / 'last.pth'} (after epoch 1) is intact" in errors[0]
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "stopped" and result["reason"] in errors[0] and result["write_error"]
+    assert result["epochs_done"] == 1  # what the intact checkpoint holds, not the epoch whose save failed
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert torch.load(out / "last.pth", weights_only=True)["epoch"] == 1
+    small_disk.resize(16 * 1024)
+    r = invoke("train", "--out", str(out), *_set_args(raw))
+    assert r.returncode == 0, r.stderr
+    assert [m["epoch"] for m in read_metrics(out)] == [1, 2]
+    _same_metrics(read_metrics(ref), read_metrics(out))
+    _same_state(ref, out)
+    assert json.loads((out / "result.json").read_text())["status"] == "done"

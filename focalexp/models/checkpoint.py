@@ -309,12 +309,38 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, strict: bool =
 
 
 # ---------------------------------------------------------------------------- writing
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` through :func:`focalexp.fileio.atomic_write` (temporary file, fsync, rename)."""
+def atomic_save(obj: Any, path: str | os.PathLike, previous: str | os.PathLike | None = None) -> None:
+    """``torch.save`` through :func:`focalexp.fileio.atomic_write` (temporary file, fsync, rename; ``previous``:
+    where the file ``path`` held so far is kept). A write that fails (a full disk) raises its ``OSError``,
+    not the ``RuntimeError`` torch's zip writer makes of it, and leaves ``path`` as it was."""
     from ..fileio import atomic_write
 
-    with atomic_write(path, binary=True) as f:
-        torch.save(obj, f)
+    with atomic_write(path, binary=True, previous=previous) as f:
+        sink = _WriteErrors(f)
+        try:
+            torch.save(obj, sink)
+        except RuntimeError:
+            if sink.error is not None:
+                raise sink.error from None
+            raise
+
+
+class _WriteErrors:
+    """A file for ``torch.save`` that remembers the ``OSError`` of a failed write (torch reports only
+    "unexpected pos")."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def save_model(model: nn.Module, path: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> None:

@@ -3,7 +3,8 @@
 ::
 
     SWEEP/spec.yaml        the spec as resolved (after --set), for the record
-    SWEEP/sweep.json       manifest: name, axes, cluster, one entry per run (id, axes, seed) - atomic
+    SWEEP/sweep.json       manifest: format (the layout's version, :data:`FORMAT`; none: 1), name, axes,
+                           cluster, one entry per run (id, axes, seed) - atomic
     SWEEP/jobs.jsonl       append-only log: a "submitting" line before each submission, a "submitted"
                            line (job id, log paths) after; a torn last line is ignored
     SWEEP/runs/ID/         run dir: run.json (axes + config, written before submission), claim.json (the
@@ -13,7 +14,10 @@
     SWEEP/logs/JOBID/      submitit's pickles and job logs (SLURM, debug; local jobs: SWEEP/logs/RUN_ID/,
                            files named by the job's pid)
     SWEEP/snapshots/TIME-PID/  the code the jobs of one submission run from (``launcher.snapshot``)
-    SWEEP/.lock            held by the launcher (flock) while it submits
+    SWEEP/.lock            held by the launcher (flock) while it submits; holds its pid
+
+A sweep dir of a newer layout (``format`` above :data:`FORMAT`) is refused in one line by every command
+(sweep, status, collect, report, cancel) rather than misread.
 """
 
 from __future__ import annotations
@@ -34,10 +38,14 @@ from .spec import Run, SweepSpec, axis_keys
 
 
 RUN_ID = re.compile(r"^[0-9a-f]{12}$")
+FORMAT = 1  # the sweep dir layout written here; bump it when an older focalexp would misread a new one
 
 
 class SweepLocked(FocalexpError):
     exit_code = 1
+
+
+_HELD: dict[Path, int] = {}  # sweep dirs whose lock this process holds re-entrantly -> nesting depth
 
 
 class SweepDir:
@@ -65,18 +73,26 @@ class SweepDir:
 
     # -- lock
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """One launcher per sweep dir; a second one fails at once, naming the holder."""
+    def lock(self, *, reentrant: bool = False) -> Iterator[None]:
+        """One launcher per sweep dir; a second one fails at once, naming the holder. ``reentrant``: while
+        held, this process's own later ``lock()`` calls on the dir join it (the CLI holds it around the
+        whole launch, which takes it again); otherwise a second ``lock()`` is refused like another process."""
+        key = self.path.absolute()
+        if _HELD.get(key):
+            _HELD[key] += 1
+            try:
+                yield
+            finally:
+                _HELD[key] -= 1
+            return
         try:
             held = file_lock(self.path / ".lock", blocking=False)
             f = held.__enter__()
         except BlockingIOError:
-            try:
-                holder = (self.path / ".lock").read_text().strip() or "?"
-            except OSError:
-                holder = "?"
-            raise SweepLocked(f"{self.path}: another launcher (pid {holder}) is working on this sweep dir; "
-                              "wait for it or stop it") from None
+            raise SweepLocked(f"{self.path}: another launcher (pid {self._holder()}) is working on this sweep "
+                              "dir; wait for it or stop it") from None
+        if reentrant:
+            _HELD[key] = 1
         try:
             f.seek(0)
             f.truncate()
@@ -84,9 +100,22 @@ class SweepDir:
             f.flush()
             yield
         finally:
+            _HELD.pop(key, None)
             f.seek(0)
             f.truncate()
             held.__exit__(None, None, None)
+
+    def _holder(self) -> str:
+        """The pid in ``.lock``; a holder that took the lock a moment ago writes it within milliseconds."""
+        deadline = time.monotonic() + 2.0
+        while True:
+            try:
+                pid = (self.path / ".lock").read_text().strip()
+            except OSError:
+                pid = ""
+            if pid or time.monotonic() > deadline:
+                return pid or "unknown"
+            time.sleep(0.01)
 
     # -- manifest
     def write_manifest(self, spec: SweepSpec, runs: list[Run], cluster: str) -> None:
@@ -98,7 +127,7 @@ class SweepDir:
                     {"run_id": r.run_id, "task": r.task, "axes": r.axes, "seed": r.seed, "config": r.config},
                     indent=1))
         manifest = {
-            "name": spec.name, "description": spec.description, "task": spec.task, "cluster": cluster,
+            "format": FORMAT, "name": spec.name, "description": spec.description, "task": spec.task, "cluster": cluster,
             "axes": axis_keys(spec), "updated": time.time(),
             "runs": [{"run_id": r.run_id, "axes": r.axes, "seed": r.seed} for r in runs],
         }
@@ -123,6 +152,12 @@ class SweepDir:
             raise FocalexpError(f"{bad} ({type(e).__name__}: {str(e)[:120]})") from None
         if not isinstance(m, dict):
             raise FocalexpError(f"{bad} (expected an object, got a {type(m).__name__})")
+        fmt = m.get("format", 1)  # sweep dirs written before the field existed are format 1
+        if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
+            raise FocalexpError(f"{bad}: 'format' is {str(fmt)[:40]!r}, expected a layout version (1)")
+        if fmt > FORMAT:
+            raise FocalexpError(f"{self.manifest_path}: a sweep dir of format {fmt}, written by a newer focalexp; "
+                                f"this one reads format {FORMAT}: upgrade focalexp to use it")
         runs, axes = m.get("runs"), m.get("axes", [])
         if not isinstance(runs, list):
             raise FocalexpError(f"{bad}: it has no list of runs")

@@ -92,12 +92,20 @@ class TrainTask(RunConfigTask):
         return {"threads": launcher.cpus_per_task}
 
     def run(self, config, run_dir: str, settings: Mapping[str, Any]) -> dict[str, Any]:
-        from ..train.loop import train
+        from ..train.loop import CannotResume, train, write_json
 
         threads = settings.get("threads")
         if threads and not config.train.threads:
             config.train.threads = threads
-        result = train(config, run_dir, progress=None)  # a job log gets one line per epoch
+        try:
+            result = train(config, run_dir, progress=None)  # a job log gets one line per epoch
+        except CannotResume as e:
+            # no checkpoint of the run's history can be read: the run ends failed with that line (a re-run
+            # would only fail again); metrics.jsonl and the damaged files are left as they are
+            from pathlib import Path
+
+            result = {"run_id": config.run_id, "status": "failed", "reason": str(e)}
+            write_json(Path(run_dir) / "result.json", result)
         if result.get("status") == "failed":
             # a failed run must look failed to the scheduler too (not COMPLETED, as with Hydra)
             raise RuntimeError(f"run failed: {result.get('reason')}")

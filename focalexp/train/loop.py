@@ -7,6 +7,11 @@ Run directory (rank 0 writes, every file atomically):
 ``last.pth``       everything needed to continue exactly (weights, optimizer, scheduler, scaler, EMA, RNG
                    states, position in the epoch, metrics so far); written every epoch, every
                    ``checkpoint_every_steps`` and when the process is told to stop
+``last.prev.pth``  the ``last.pth`` before it (kept by a hard link when a new one is complete): a resume
+                   whose ``last.pth`` is missing, cut short or corrupt says so in one line and continues
+                   from this one; when neither can be read, or ``metrics.jsonl`` records epochs but no
+                   checkpoint is there, the run stops with one line naming the files (never a silent
+                   restart from scratch over a run's history)
 ``best.pth``       the best weights so far (focalexp format: ``create_model(checkpoint=...)`` rebuilds it)
 ``result.json``    top1, top5, params, gmacs, train_seconds, images_per_s, peak_memory_mb, status, reason
 ``tb/``            TensorBoard event files (``train.trackers``, :mod:`focalexp.train.trackers`): every
@@ -15,10 +20,16 @@ Run directory (rank 0 writes, every file atomically):
 
 Resuming from ``last.pth`` continues bit-identically on CPU: the batches of epoch ``e`` are a permutation
 seeded by ``(seed, e)``, augmentation is seeded per item, and all RNG streams of the process are restored.
+``metrics.jsonl`` is rewritten from the checkpoint resumed from, so every epoch is logged once.
+
+A write that fails (a full disk, a quota) removes its temporary file and leaves the earlier file intact;
+the run then stops with ``status: stopped`` and a one-line reason in ``result.json`` (``write_error``: the
+file), so that a re-run with space continues from the last checkpoint (a sweep resubmits stopped runs).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -26,6 +37,8 @@ import random
 import signal
 import sys
 import time
+import contextlib
+import dataclasses
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -35,11 +48,11 @@ import torch
 import torch.nn as nn
 import yaml
 
-from ..errors import ConfigError, FocalexpError
+from ..errors import CheckpointError, ConfigError, FocalexpError
 from ..models.checkpoint import atomic_save, read_state, save_model
 from .config import RunConfig
 from ..fileio import atomic_write_text
-from .distributed import DistInfo, all_reduce_sum, barrier, setup_distributed, teardown
+from .distributed import DistInfo, all_reduce_sum, setup_distributed, teardown
 from .trackers import TrackedRun, Trackers, epoch_scalars
 
 RUN_FORMAT = "focalexp-run"
@@ -51,6 +64,25 @@ class NonFiniteLoss(RuntimeError):
 
 class RunInterrupted(Exception):
     """The process was told to stop; ``last.pth`` holds the state to continue from."""
+
+
+class CannotResume(CheckpointError):
+    """The run dir holds a run's history (checkpoints, metrics) but no checkpoint of it can be read: one
+    line naming the files; nothing is trained or written (exit code 2)."""
+
+
+class WriteFailed(Exception):
+    """Writing a file of the run dir failed (``errno``: ENOSPC for a full disk); the file is as it was."""
+
+    def __init__(self, path: Path, error: OSError | None) -> None:
+        self.path, self.error = path, error
+        if error is None:  # another rank's write failed
+            text = f"the first process could not write in {path}"
+        elif error.errno in (errno.ENOSPC, errno.EDQUOT):
+            text = f"{os.strerror(error.errno).lower()} writing {path}"
+        else:
+            text = f"cannot write {path} ({error.strerror or error})"
+        super().__init__(text)
 
 
 # ---------------------------------------------------------------------------- small helpers
@@ -271,9 +303,34 @@ class Trainer:
         }
 
     def _save_last(self, epoch: int, step: int) -> None:
+        """``last.pth`` (the one before it kept as ``last.prev.pth``, unless it was the damaged file this run
+        could not resume from); every rank stops together when rank 0's writes of this step failed."""
+        last = self.out / "last.pth"
         if self.dist.is_main:
-            atomic_save(self._state(epoch, step), self.out / "last.pth")
-        barrier(self.dist)
+            previous = None if self._last_is_bad else previous_checkpoint(last)
+            self._write(last, lambda: atomic_save(self._state(epoch, step), last, previous=previous))
+            self._last_is_bad = self._last_is_bad and self._write_error is not None
+        self._check_writes()
+        self._saved_at = (epoch, step)
+
+    def _write(self, path: Path, write) -> None:
+        """Rank 0's ``write()`` of ``path``; an ``OSError`` (a full disk) is kept, the later writes skipped,
+        and every rank stops at the next :meth:`_check_writes`."""
+        if self._write_error is not None:
+            return
+        try:
+            write()
+        except OSError as e:
+            self._write_error = WriteFailed(path, e)
+
+    def _check_writes(self) -> None:
+        """Raise :class:`WriteFailed` on every rank when rank 0 could not write (a barrier otherwise)."""
+        failed = self._write_error is not None
+        if self.dist.world_size > 1:
+            flag = torch.tensor([float(failed)], dtype=torch.float64, device=self.device)
+            failed = bool(all_reduce_sum(flag, self.dist).item() > 0)
+        if failed:
+            raise self._write_error or WriteFailed(self.out, None)
 
     def _load(self, st: dict) -> tuple[int, int]:
         try:
@@ -335,9 +392,13 @@ class Trainer:
 
     def _run(self) -> dict:
         main = self.dist.is_main
-        self._resume_from = self.resume_path or (self.out / "last.pth" if (self.out / "last.pth").exists() else None)
         # everything that can fail on bad input happens before the run dir is written
-        resume = read_run_checkpoint(self._resume_from, self.cfg) if self._resume_from is not None else None
+        point = find_resume(self.out, self.cfg, self.resume_path)
+        self._resume_from, resume = point.path, point.state
+        self._last_is_bad = point.last_is_bad
+        self._write_error: WriteFailed | None = None
+        if point.warning and main:
+            print(point.warning, file=sys.stderr, flush=True)
         self._build()
         self.global_step, self.best_top1 = 0, -1.0
         self.metrics: list[dict] = []
@@ -346,13 +407,17 @@ class Trainer:
         epoch, start = 0, 0
         if resume is not None:
             epoch, start = self._load(resume)
+        self._saved_at = (epoch, start) if resume is not None else None  # what the checkpoint on disk holds
         if main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.out / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+            self._write(self.out, lambda: self.out.mkdir(parents=True, exist_ok=True))
+            self._write(self.out / "config.yaml", lambda: atomic_write_text(
+                self.out / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False)))
+            if resume is not None:  # epochs newer than the checkpoint (a fallback, a failed write) are dropped
+                self._write(self.out / "metrics.jsonl", self._write_metrics)
             if self.provenance is not None:
                 from .. import provenance
 
-                provenance.record_attempt(self.out, self.provenance)
+                self._write(self.out / "provenance.json", lambda: provenance.record_attempt(self.out, self.provenance))
         if main and self.progress is not False:
             c = self.cfg
             print(f"run {c.run_id}: {c.model.get('preset')} on {c.data.dataset} ({len(self.data.train)} images), "
@@ -360,7 +425,12 @@ class Trainer:
                   f"-> {self.out}", file=sys.stderr)
         result_base = self._result_base()
         if main and epoch == 0 and start == 0:
-            write_json(self.out / "result.json", {**result_base, "status": "running"})
+            self._write(self.out / "result.json",
+                        lambda: write_json(self.out / "result.json", {**result_base, "status": "running"}))
+        try:
+            self._check_writes()
+        except WriteFailed as e:
+            return self._stopped_by(e)
         t = self.cfg.train
         stop_at = t.epochs if t.stop_after_epochs is None else min(t.epochs, epoch + t.stop_after_epochs)
         self.trackers = Trackers(t.trackers if main and epoch < stop_at else (), TrackedRun(
@@ -393,21 +463,49 @@ class Trainer:
                       "reason": f"stopped by signal {signal.Signals(stops.caught).name} at epoch {self._stop_epoch}; "
                                 "last.pth continues the run"}
             if main:
-                write_json(self.out / "result.json", result)
+                with contextlib.suppress(OSError):  # a full disk: last.pth is written, the rest is best effort
+                    write_json(self.out / "result.json", result)
             self.trackers.finish("interrupted")
             stops.hand_over()  # submitit: checkpoint() + requeue, then exit
             raise
+        except WriteFailed as e:
+            return self._stopped_by(e)
         except NonFiniteLoss as e:
             result = {**self._result_base(), **self._summary(), "status": "failed", "reason": str(e)}
             if main:
-                write_json(self.out / "result.json", result)
+                self._write(self.out / "result.json", lambda: write_json(self.out / "result.json", result))
             return result
         done = epoch >= t.epochs
         result = {**self._result_base(), **self._summary(), "status": "done" if done else "stopped",
                   "reason": "" if done else f"stop_after_epochs: paused after epoch {epoch}; run again to continue"}
         if main:
-            write_json(self.out / "result.json", result)
+            self._write(self.out / "result.json", lambda: write_json(self.out / "result.json", result))
+        try:
+            self._check_writes()
+        except WriteFailed as e:
+            return self._stopped_by(e)
         return result
+
+    def _stopped_by(self, e: WriteFailed) -> dict:
+        """The result of a run stopped by a failed write: ``status: stopped`` (a re-run continues from the
+        last checkpoint on disk), the reason in one line; result.json written if the disk still takes it."""
+        if self._saved_at is None:
+            keep = "no checkpoint was written: free some space and run again"
+        else:
+            epoch, step = self._saved_at
+            at = f"after epoch {epoch}" if step == 0 else f"epoch {epoch + 1}, step {step}"
+            name = self._resume_from if self._last_is_bad else self.out / "last.pth"
+            keep = f"{name} ({at}) is intact: free some space and run again to continue"
+        saved = self.metrics[: self._saved_at[0]] if self._saved_at else []  # what a re-run continues from
+        result = {**self._result_base(), **self._summary(saved), "status": "stopped", "reason": f"{e}; {keep}",
+                  "write_error": str(e.path)}
+        if self.dist.is_main:
+            with contextlib.suppress(OSError):
+                write_json(self.out / "result.json", result)
+        return result
+
+    def _write_metrics(self) -> None:
+        atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in self.metrics))
 
     def _train_epoch(self, epoch: int, start: int, stops: _StopSignals) -> None:
         t = self.cfg.train
@@ -529,10 +627,11 @@ class Trainer:
             print(f"epoch {epoch}/{t.epochs}: loss {row['train_loss']:.4f}{acc}, {row['images_per_s']:.0f} img/s, "
                   f"{row['epoch_seconds']:.1f} s", file=sys.stderr, flush=True)
         if self.dist.is_main:
-            atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in self.metrics))
+            self._write(self.out / "metrics.jsonl", self._write_metrics)
             if "top1" in row and row["top1"] > self.best_top1:
                 self.best_top1 = row["top1"]
-                save_model(self.model, self.out / "best.pth", extra={"epoch": epoch, "top1": row["top1"]})
+                self._write(self.out / "best.pth", lambda: save_model(
+                    self.model, self.out / "best.pth", extra={"epoch": epoch, "top1": row["top1"]}))
         if "top1" in row:
             self.best_top1 = max(self.best_top1, row["top1"])
         self._save_last(epoch, 0)
@@ -548,13 +647,14 @@ class Trainer:
                           "model": self.cfg.model.get("preset"), "img_size": mcfg.img_size}
         return dict(self._base)
 
-    def _summary(self) -> dict:
-        last = next((m for m in reversed(self.metrics) if "top1" in m), {})
+    def _summary(self, metrics: list[dict] | None = None) -> dict:
+        metrics = self.metrics if metrics is None else metrics
+        last = next((m for m in reversed(metrics) if "top1" in m), {})
         peak = process_peak_memory_mb(self.device)
         return {
             "top1": last.get("top1"), "top5": last.get("top5"), "eval_loss": last.get("eval_loss"),
             "best_top1": self.best_top1 if self.best_top1 >= 0 else None,
-            "epochs_done": len(self.metrics), "train_seconds": self.train_seconds,
+            "epochs_done": len(metrics), "train_seconds": self.train_seconds,
             "images_per_s": self.train_samples / self.train_seconds if self.train_seconds else None,
             "peak_memory_mb": peak, "device": str(self.device), "world_size": self.dist.world_size,
             "ema_top1": last.get("ema_top1"),
@@ -586,8 +686,7 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, resume: str | os.PathLike |
         return Trainer(cfg, out, resume=resume, progress=progress, provenance=provenance).run()
     from .multiprocess import train_multiprocess
 
-    if resume is not None:
-        read_run_checkpoint(resume, cfg)
+    find_resume(out, cfg, resume)  # bad input answers here, once, in one line
     train_multiprocess(cfg.to_dict(), str(out), nproc, progress, None if resume is None else str(resume),
                        None if provenance is None else dict(provenance))
     return json.loads((Path(out) / "result.json").read_text())
@@ -599,27 +698,97 @@ RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "ema", "epoch", "ste
 
 def read_run_checkpoint(path: str | os.PathLike, cfg: RunConfig, what: str = "--resume") -> dict:
     """A run's ``last.pth``, read through the allowlist and checked against ``cfg`` before anything is
-    built or written: the format, the experiment (run id) and every key a resume needs."""
+    built or written: the format, the experiment (run id) and every key a resume needs. A file that is
+    unreadable, cut short, refused or damaged raises :class:`CheckpointError`; one of another experiment
+    a :class:`ConfigError`."""
     st = read_state(path, what)
     if not isinstance(st, dict) or st.get("format") != RUN_FORMAT:
-        raise ConfigError(f"{what}: '{path}' is not a focalexp run checkpoint (last.pth); to start from weights "
-                          "alone use model.checkpoint")
+        raise CheckpointError(f"{what}: '{path}' is not a focalexp run checkpoint (last.pth); to start from "
+                              "weights alone use model.checkpoint")
     if st.get("run_id") != cfg.run_id:
         exp = st.get("experiment")
         diff = _first_difference(exp, cfg.experiment_dict()) if isinstance(exp, dict) else "no experiment recorded"
         raise ConfigError(f"{what}: '{path}' belongs to a different config ({diff})")
     missing = [k for k in RESUME_KEYS if k not in st]
     if missing:
-        raise ConfigError(f"{what}: '{path}' is damaged: it lacks {', '.join(missing)}")
+        raise CheckpointError(f"{what}: '{path}' is damaged: it lacks {', '.join(missing)}")
     bad = [k for k, t in (("model", dict), ("optimizer", dict), ("scheduler", dict), ("scaler", dict),
                           ("epoch", int), ("step", int), ("global_step", int), ("metrics", list),
                           ("running", dict), ("rng", dict)) if not isinstance(st[k], t)]
     if bad:
-        raise ConfigError(f"{what}: '{path}' is damaged: {', '.join(bad)} has the wrong type")
+        raise CheckpointError(f"{what}: '{path}' is damaged: {', '.join(bad)} has the wrong type")
     if not 0 <= st["epoch"] <= cfg.train.epochs or st["step"] < 0:
-        raise ConfigError(f"{what}: '{path}' is damaged: epoch {st['epoch']}, step {st['step']} (expected epoch "
-                          f"0..{cfg.train.epochs}, step >= 0)")
+        raise CheckpointError(f"{what}: '{path}' is damaged: epoch {st['epoch']}, step {st['step']} (expected "
+                              f"epoch 0..{cfg.train.epochs}, step >= 0)")
     return st
+
+
+def previous_checkpoint(path: str | os.PathLike) -> Path:
+    """Where the checkpoint written before ``path`` is kept: ``last.pth`` -> ``last.prev.pth``."""
+    p = Path(path)
+    return p.with_name(f"{p.stem}.prev{p.suffix}")
+
+
+@dataclasses.dataclass
+class ResumePoint:
+    """What a run continues from: ``path`` and its ``state`` (None, None: from scratch). ``warning``: one
+    line saying that the newer checkpoint could not be read and this older one is used; ``last_is_bad``:
+    the file at the newer checkpoint's place is that damaged one (not kept as the previous checkpoint)."""
+
+    path: Path | None = None
+    state: dict | None = None
+    warning: str | None = None
+    last_is_bad: bool = False
+
+
+def find_resume(out: str | os.PathLike, cfg: RunConfig, resume: str | os.PathLike | None = None) -> ResumePoint:
+    """The checkpoint a run in ``out`` continues from: ``resume`` (``--resume``) or ``out/last.pth``; when it
+    is missing, cut short, corrupt or damaged, the one before it (``last.prev.pth`` beside it) with a
+    warning. Raises one line (exit code 2) when no checkpoint can be read: for ``--resume``, the error
+    of that file; in the run dir, :class:`CannotResume` naming every file, also when ``metrics.jsonl``
+    records trained epochs but no checkpoint is there. Nothing is written."""
+    out = Path(out)
+    first = Path(resume) if resume is not None else out / "last.pth"
+    what = "--resume" if resume is not None else "resume"
+    prev = previous_checkpoint(first)
+    stop = ("not training from scratch over the run's history (move the run dir aside to start again)"
+            if resume is None else "nothing to resume from")
+    if resume is not None or first.exists():
+        try:
+            return ResumePoint(first, read_run_checkpoint(first, cfg, what))
+        except CheckpointError as e:
+            if not prev.exists():
+                if resume is not None:
+                    raise
+                raise CannotResume(f"{e}; there is no {prev.name} to fall back on; {stop}") from None
+            first_error = str(e)
+    elif prev.exists():
+        first_error = f"{what}: '{first}' is missing"
+    else:
+        rows = _metrics_rows(out)
+        if rows:
+            raise CannotResume(f"{what}: '{out / 'metrics.jsonl'}' records {rows} trained epoch(s) but there is no "
+                               f"checkpoint (last.pth, {prev.name}) to continue from; {stop}")
+        return ResumePoint()
+    try:
+        st = read_run_checkpoint(prev, cfg, what)
+    except CheckpointError as e:
+        raise CannotResume(f"{first_error}; and {str(e).removeprefix(what + ': ')}; {stop}") from None
+    at = f"after epoch {st['epoch']}" if st["step"] == 0 else f"epoch {st['epoch'] + 1}, step {st['step']}"
+    damaged_here = first.exists() and first.resolve() == (out / "last.pth").resolve()
+    return ResumePoint(prev, st, f"warning: {first_error}; resuming from '{prev}' ({at}) instead",
+                       last_is_bad=damaged_here)
+
+
+def _metrics_rows(out: Path) -> int:
+    """Lines in ``out/metrics.jsonl`` (epochs logged); unreadable counts as one (a history is there)."""
+    p = out / "metrics.jsonl"
+    if not p.exists():
+        return 0
+    try:
+        return sum(1 for line in p.read_bytes().splitlines() if line.strip())
+    except OSError:
+        return 1
 
 
 def check_out_dir(cfg: RunConfig, out: Path) -> None:

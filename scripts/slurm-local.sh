@@ -292,7 +292,7 @@ $(memory_conf)
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=$defmem
-ReturnToService=2
+ReturnToService=1
 SlurmUser=root
 StateSaveLocation=$STATE/ctld
 SlurmdSpoolDir=$STATE/d

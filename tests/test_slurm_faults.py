@@ -126,7 +126,8 @@ def test_a_run_killed_for_memory_reads_killed_out_of_memory_within_60_s(tmp_path
 
 
 def test_status_with_accounting_off_answers_from_squeue_and_run_dirs_within_5_s(tmp_path, restore):
-    # two runs, one at a time: one runs, the other waits in the array's throttle
+    # two runs, one at a time: one runs, the other waits in the array's throttle (a third, finished run would
+    # read done from its result.json, as without slurmdbd: it costs 10 s more here)
     spec = spec_for({"model.focal_levels": [1, 2]}, train={"epochs": 30})
     spec["launcher"]["array_parallelism"] = 1
     r = sweep_cli(tmp_path, spec)
@@ -152,15 +153,15 @@ def test_status_with_accounting_off_answers_from_squeue_and_run_dirs_within_5_s(
 
 
 def test_a_node_set_down_under_a_running_job_requeues_it_and_the_run_resumes_when_it_returns(tmp_path, restore):
-    run = {"epochs": 3, "checkpoint_every_steps": 2}
-    spec = spec_for({"model.focal_levels": [2]}, train=run, data={"train_size": 512, "val_size": 64})
+    run = {"epochs": 2, "checkpoint_every_steps": 2}
+    spec = spec_for({"model.focal_levels": [2]}, train=run)
     r = sweep_cli(tmp_path, spec)
     assert r.returncode == 0, r.stdout + r.stderr
     sw = tmp_path / "sw"
     (job,) = job_ids(sw)
     (st,), _ = status_json(sw)
     rd = sw / "runs" / st["run_id"]
-    wait_for(lambda: (rd / "metrics.jsonl").exists() and (rd / "last.pth").exists(), 240, every=0.5)  # epoch 1
+    wait_for(lambda: (rd / "last.pth").exists(), 240, every=0.25)  # training: its first checkpoint is written
     node = node_of(job)
     assert node
     t0 = time.time()
@@ -183,7 +184,7 @@ def test_a_node_set_down_under_a_running_job_requeues_it_and_the_run_resumes_whe
     print(f"node back: run {final['state']} {time.time() - t1:.1f} s later ({time.time() - t0:.1f} s after down)")
     assert final["state"] == "done", final
     epochs = [json.loads(x)["epoch"] for x in (rd / "metrics.jsonl").read_text().splitlines()]
-    assert epochs == [1, 2, 3]  # each epoch once: the requeued job resumed from last.pth
+    assert epochs == [1, 2]  # each epoch once: the requeued job resumed from last.pth
     from focalexp import provenance
 
     attempts = provenance.read(rd)  # the first start and the one after the node came back, same SLURM job

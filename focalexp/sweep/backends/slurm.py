@@ -84,6 +84,18 @@ def slurm_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
     return states
 
 
+def queue_states() -> dict[str, tuple[str, str]]:
+    """job id -> (STATE, reason) of every job ``squeue`` lists (pending, running, completing): the controller's
+    live word, fresher than ``sacct``'s (empty when squeue does not answer)."""
+    states: dict[str, tuple[str, str]] = {}
+    for line in (_run(["squeue", "-h", "-r", "-o", "%i|%T|%r"]) or "").splitlines():
+        parts = line.split("|")
+        if len(parts) == 3:
+            for j in expand_ids(parts[0]):
+                states[j] = (parts[1], parts[2])
+    return states
+
+
 # what slurmstepd and srun write to the job's stderr when a step is killed for memory: the cgroup's oom killer
 # (task/cgroup) or the RSS sampling of JobAcctGatherParams=OverMemoryKill
 _OOM_LOG = re.compile(r"oom-kill event|exceeded (job )?memory limit|task \d+: Out Of Memory")
@@ -235,21 +247,27 @@ class SlurmBackend(Backend):
         if sched is None:
             why = "the SLURM controller does not answer (sacct and squeue failed)"
             return {rid: JobState("unknown", why) for rid in jobs}
-        self._mark_memory_kills(sweep, jobs, results, sched)
+        self._settle(sweep, jobs, results, sched)
         return {rid: self._state(rid, ev, sched.get(str(ev["job_id"])), sweep, results.get(rid))
                 for rid, ev in jobs.items()}
 
     @staticmethod
-    def _mark_memory_kills(sweep, jobs, results, sched: dict[str, tuple[str, str]]) -> None:
-        """A job without a result that ended FAILED, or that the scheduler no longer knows, and that was
-        killed for memory (:func:`memory_kills`) reads OUT_OF_MEMORY in ``sched``."""
+    def _settle(sweep, jobs, results, sched: dict[str, tuple[str, str]]) -> None:
+        """Corrects ``sched`` for the runs without a final result. A job that ``sacct`` says ended but that
+        ``squeue`` lists takes squeue's state: for about a second after its node fails, sacct reads a job
+        NODE_FAIL that the controller has already requeued (PENDING). A job that ended FAILED, or that the
+        scheduler no longer knows, and that was killed for memory (:func:`memory_kills`) reads OUT_OF_MEMORY."""
         from ..status import in_sweep
 
+        open_runs = {rid: str(ev["job_id"]) for rid, ev in jobs.items()
+                     if (results.get(rid) or {}).get("status") not in ("done", "failed")}
+        if any(j in sched and sched[j][0] not in _RUNNING | {"PENDING"} for j in open_runs.values()):
+            live = queue_states()
+            back = _REQUEUED | {"PENDING", "RUNNING"}  # not COMPLETING: a job that ends is sacct's to describe
+            sched.update({j: live[j] for j in open_runs.values() if j in live and live[j][0] in back})
         failed = {}
-        for rid, ev in jobs.items():
-            jid = str(ev["job_id"])
-            if (results.get(rid) or {}).get("status") in ("done", "failed"):
-                continue
+        for rid, jid in open_runs.items():
+            ev = jobs[rid]
             if jid not in sched or sched[jid][0] == "FAILED":
                 log = in_sweep(sweep, ev.get("stderr"))
                 failed[jid] = str(log) if log else None

@@ -30,16 +30,24 @@
 # - KillWait=5 (SIGTERM to SIGKILL on cancel/time limit), DefMemPerCPU = RealMemory/CPUs (a job asking for no
 #   memory would otherwise take the whole node and run alone).
 # - MinJobAge stays 300 s (scontrol show job still knows finished jobs); sacct keeps every job for good.
-# - Memory limits are enforced: a job that outgrows its --mem is killed and ends OUT_OF_MEMORY (sacct, squeue).
+# - Memory limits are enforced: a job step that outgrows the job's --mem is killed (measured with Slurm 22.05.8).
 #   Where the cgroup v1 memory controller is mounted writable at /sys/fs/cgroup/memory (this project's Debian 12
 #   machines, no systemd): TaskPlugin=task/cgroup + ProctrackType=proctrack/cgroup, cgroup.conf CgroupPlugin=
-#   cgroup/v1, ConstrainRAMSpace=yes, ConstrainSwapSpace=yes AllowedSwapSpace=0 (no swapping instead of dying);
-#   the kernel kills the job at its limit, slurmstepd sees the oom event, the job ends OUT_OF_MEMORY within
-#   seconds (measured: ~5 s from submission for a job that allocates past its --mem at once).
+#   cgroup/v1, ConstrainRAMSpace=yes, ConstrainSwapSpace=yes AllowedSwapSpace=0 (no swapping instead of dying).
+#   The kernel kills the step at the limit, slurmstepd sees the oom event and writes "Detected 1 oom-kill
+#   event(s) in StepId=J.0" to the job's stderr; sacct: step J.0 OUT_OF_MEMORY, but the job itself (sacct -X,
+#   scontrol) FAILED 1:0 when the step was an srun inside the batch script, as submitit's are (only an oom in
+#   the batch step makes the job OUT_OF_MEMORY). A Python that outgrows --mem=256M importing torch: ~5 s from
+#   sbatch to the end.
 #   Elsewhere (a pure cgroup v2 host: Slurm 22.05's cgroup/v2 wants systemd or extra setup) the fallback is
-#   JobAcctGatherParams=OverMemoryKill with JobAcctGatherFrequency=task=1: slurmstepd samples the job's RSS
-#   every second and kills a step over its limit, also OUT_OF_MEMORY (a spike shorter than a second escapes).
-#   FOCALEXP_SLURM_MEMORY=cgroup|poll forces one (cgroup fails the start where it cannot work).
+#   JobAcctGatherParams=OverMemoryKill with JobAcctGatherFrequency=task=1: slurmstepd samples the steps' RSS
+#   every second and kills one over the limit ("StepId=J.0 exceeded memory limit (N > M), being killed" in the
+#   job's stderr); sacct: step CANCELLED, job FAILED 9:0, no OUT_OF_MEMORY anywhere; a spike shorter than a
+#   second escapes. FOCALEXP_SLURM_MEMORY=cgroup|poll forces one (cgroup fails the start where it cannot work).
+# - ReturnToService=1: a node that stopped answering returns by itself once slurmd answers again; one that an
+#   admin set DOWN (`scontrol update NodeName=N State=DOWN`) stays down until `State=RESUME`. Its running jobs are
+#   requeued at once (sacct reads NODE_FAIL for about a second, squeue PENDING, reason BeginTime) and start
+#   again cred_expire seconds after the node returns.
 # - `dbd-stop` / `dbd-start`: stop or start only slurmdbd (accounting off, for tests of a cluster without it;
 #   slurmctld keeps running and sends the records it queued once slurmdbd is back).
 set -euo pipefail

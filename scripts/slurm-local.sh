@@ -45,9 +45,10 @@
 #   job's stderr); sacct: step CANCELLED, job FAILED 9:0, no OUT_OF_MEMORY anywhere; a spike shorter than a
 #   second escapes. FOCALEXP_SLURM_MEMORY=cgroup|poll forces one (cgroup fails the start where it cannot work).
 # - ReturnToService=1: a node that stopped answering returns by itself once slurmd answers again; one that an
-#   admin set DOWN (`scontrol update NodeName=N State=DOWN`) stays down until `State=RESUME`. Its running jobs are
-#   requeued at once (sacct reads NODE_FAIL for about a second, squeue PENDING, reason BeginTime) and start
-#   again cred_expire seconds after the node returns.
+#   admin set DOWN (`scontrol update NodeName=N State=DOWN`) stays down until `State=RESUME`. Its running batch
+#   jobs (requeue-able: JobRequeue defaults to 1) are killed and requeued at once (sacct reads NODE_FAIL for about
+#   a second, then PENDING; squeue PENDING, reason BeginTime) and start again once the node is back and
+#   cred_expire seconds have passed since the requeue.
 # - `dbd-stop` / `dbd-start`: stop or start only slurmdbd (accounting off, for tests of a cluster without it;
 #   slurmctld keeps running and sends the records it queued once slurmdbd is back).
 set -euo pipefail

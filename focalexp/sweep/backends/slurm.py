@@ -98,14 +98,15 @@ def queue_states() -> dict[str, tuple[str, str]]:
 
 # what slurmstepd and srun write to the job's stderr when a step is killed for memory: the cgroup's oom killer
 # (task/cgroup) or the RSS sampling of JobAcctGatherParams=OverMemoryKill
-_OOM_LOG = re.compile(r"oom-kill event|exceeded (job )?memory limit|task \d+: Out Of Memory")
+_OOM_LOG = re.compile(r"^(slurmstepd\S*: error: .*(oom-kill event|exceeded (job )?memory limit)"
+                      r"|srun: error: .*task \d+: Out Of Memory)", re.M)
 
 
 def memory_kills(failed: Mapping[str, str | None]) -> set[str]:
     """Which of the ``failed`` jobs (job id -> its stderr log, or None) were killed for memory. submitit runs
     the task in an srun step, so ``sacct -X`` reads such a job FAILED and only the step says OUT_OF_MEMORY:
     one ``sacct`` of the steps; a job it does not settle (accounting off, or a step killed by RSS sampling,
-    which sacct records as CANCELLED) by slurmstepd's line in the log (its last 64 KiB)."""
+    which sacct records as CANCELLED) by slurmstepd's line in the log (its last 16 KiB)."""
     if not failed:
         return set()
     bases = sorted({j.split("_")[0] for j in failed})
@@ -120,7 +121,7 @@ def memory_kills(failed: Mapping[str, str | None]) -> set[str]:
             continue
         try:
             with open(log, "rb") as f:
-                f.seek(max(0, os.fstat(f.fileno()).st_size - 64 * 1024))
+                f.seek(max(0, os.fstat(f.fileno()).st_size - 16 * 1024))
                 tail = f.read().decode("utf-8", "replace")
         except OSError:
             continue

@@ -93,7 +93,7 @@ def restore(tmp_path):
         subprocess.run(["scontrol", "update", f"NodeName={node}", "State=RESUME"], capture_output=True, timeout=30)
     if not sacct_ok():
         script("dbd-start")
-    wait_for(lambda: all(node_state(n) in ("idle", "mixed", "allocated") for n in downed), 60, every=0.5)
+    wait_for(lambda: all(node_state(n) in ("idle", "mixed", "allocated", "completing") for n in downed), 60, every=0.5)
     assert sacct_ok()
     script("status")
 

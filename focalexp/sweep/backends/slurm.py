@@ -84,11 +84,14 @@ def slurm_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
     return states
 
 
-def queue_states() -> dict[str, tuple[str, str]]:
+def queue_states() -> dict[str, tuple[str, str]] | None:
     """job id -> (STATE, reason) of every job ``squeue`` lists (pending, running, completing): the controller's
-    live word, fresher than ``sacct``'s (empty when squeue does not answer)."""
+    live word, fresher than ``sacct``'s (None when squeue does not answer)."""
+    out = _run(["squeue", "-h", "-r", "-o", "%i|%T|%r"])
+    if out is None:
+        return None
     states: dict[str, tuple[str, str]] = {}
-    for line in (_run(["squeue", "-h", "-r", "-o", "%i|%T|%r"]) or "").splitlines():
+    for line in out.splitlines():
         parts = line.split("|")
         if len(parts) == 3:
             for j in expand_ids(parts[0]):
@@ -254,17 +257,18 @@ class SlurmBackend(Backend):
 
     @staticmethod
     def _settle(sweep, jobs, results, sched: dict[str, tuple[str, str]]) -> None:
-        """Corrects ``sched`` for the runs without a final result. A job that ``sacct`` says ended but that
-        ``squeue`` lists takes squeue's state: for about a second after its node fails, sacct reads a job
-        NODE_FAIL that the controller has already requeued (PENDING). A job that ended FAILED, or that the
-        scheduler no longer knows, and that was killed for memory (:func:`memory_kills`) reads OUT_OF_MEMORY."""
+        """Corrects ``sched`` (sacct's word first) for the runs without a final result. A job that sacct says
+        ended and that ``squeue`` lists as pending or running takes squeue's state: for about a second after
+        its node fails, sacct reads a job NODE_FAIL that the controller has already requeued. A job that ended
+        FAILED, or that the scheduler does not know, and that was killed for memory (:func:`memory_kills`)
+        reads OUT_OF_MEMORY."""
         from ..status import in_sweep
 
         open_runs = {rid: str(ev["job_id"]) for rid, ev in jobs.items()
                      if (results.get(rid) or {}).get("status") not in ("done", "failed")}
-        if any(j in sched and sched[j][0] not in _RUNNING | {"PENDING"} for j in open_runs.values()):
-            live = queue_states()
-            back = _REQUEUED | {"PENDING", "RUNNING"}  # not COMPLETING: a job that ends is sacct's to describe
+        back = _REQUEUED | {"PENDING", "RUNNING"}  # not COMPLETING: a job that ends is sacct's to describe
+        if any(j in sched and sched[j][0] not in back | _RUNNING for j in open_runs.values()):
+            live = queue_states() or {}
             sched.update({j: live[j] for j in open_runs.values() if j in live and live[j][0] in back})
         failed = {}
         for rid, jid in open_runs.items():

@@ -86,14 +86,20 @@ def restore(tmp_path):
     downed: list[str] = []
     yield downed
     sw = tmp_path / "sw"
-    if (sw / "jobs.jsonl").exists():
-        ids = sorted({j.split("_")[0] for j in job_ids(sw)})
+    ids = sorted({j.split("_")[0] for j in job_ids(sw)}) if (sw / "jobs.jsonl").exists() else []
+    if ids:
         subprocess.run(["scancel", *ids], capture_output=True, timeout=60)
     for node in downed:
         subprocess.run(["scontrol", "update", f"NodeName={node}", "State=RESUME"], capture_output=True, timeout=30)
     if not sacct_ok():
         script("dbd-start")
-    wait_for(lambda: all(node_state(n) in ("idle", "mixed", "allocated", "completing") for n in downed), 60, every=0.5)
+
+    def settled() -> bool:  # the jobs gone from the queue (not even completing), the nodes back
+        queued = subprocess.run(["squeue", "-h", "-o", "%F"], capture_output=True, text=True, timeout=30).stdout
+        return not set(ids) & set(queued.split()) and \
+            all(node_state(n) in ("idle", "mixed", "allocated") for n in downed)
+
+    wait_for(settled, 60, every=0.25)
     assert sacct_ok()
     script("status")
 

@@ -33,7 +33,8 @@
 # - Memory limits are enforced: a job step that outgrows the job's --mem is killed (measured with Slurm 22.05.8).
 #   Where the cgroup v1 memory controller is mounted writable at /sys/fs/cgroup/memory (this project's Debian 12
 #   machines, no systemd): TaskPlugin=task/cgroup + ProctrackType=proctrack/cgroup, cgroup.conf CgroupPlugin=
-#   cgroup/v1, ConstrainRAMSpace=yes, ConstrainSwapSpace=yes AllowedSwapSpace=0 (no swapping instead of dying).
+#   cgroup/v1, ConstrainRAMSpace=yes, ConstrainSwapSpace=yes AllowedSwapSpace=0 (no swapping instead of dying;
+#   only where the kernel accounts swap: memory.memsw.* exists).
 #   The kernel kills the step at the limit, slurmstepd sees the oom event and writes "Detected 1 oom-kill
 #   event(s) in StepId=J.0" to the job's stderr; sacct: step J.0 OUT_OF_MEMORY, but the job itself (sacct -X,
 #   scontrol) FAILED 1:0 when the step was an srun inside the batch script, as submitit's are (only an oom in
@@ -232,7 +233,8 @@ start_dbd() {
     for ((i = 0; i < 60; i++)); do
         if sacctmgr -n -P show cluster format=cluster 2>/dev/null | grep -qx "$CLUSTER"; then return 0; fi
         sacctmgr -i add cluster "$CLUSTER" >/dev/null 2>&1 || true
-        pid_of "$DBD_PID" >/dev/null || break
+        # its PID file comes once it reached MariaDB (seconds after a fresh MariaDB start): give up only later
+        if ((i >= 15)) && ! pid_of "$DBD_PID" >/dev/null; then break; fi
         sleep 1
     done
     tail -n 20 "$STATE/slurmdbd.log" >&2 || true
@@ -270,14 +272,16 @@ gen_cgroup_conf() {
 $MARK
 CgroupPlugin=cgroup/v1
 CgroupMountpoint=/sys/fs/cgroup
-# a job outgrowing its --mem is killed (no swap instead: RAM + swap are capped together at the same size)
+# a job outgrowing its --mem is killed
 ConstrainRAMSpace=yes
 AllowedRAMSpace=100
-ConstrainSwapSpace=yes
-AllowedSwapSpace=0
 ConstrainCores=no
 ConstrainDevices=no
 EOF
+    # no swapping instead of dying: RAM + swap capped together at the same size (where the kernel accounts swap)
+    if [ -f /sys/fs/cgroup/memory/memory.memsw.limit_in_bytes ]; then
+        printf '%s\n' "ConstrainSwapSpace=yes" "AllowedSwapSpace=0"
+    fi
 }
 
 # slurm.conf for this host on stdout: the node line comes from `slurmd -C` (real CPUs and RealMemory)

@@ -8,12 +8,16 @@
 #   scripts/slurm-local.sh status    daemons alive + sinfo; exit 0 if healthy, 1 otherwise
 #   scripts/slurm-local.sh stop      stop every daemon this script started (exit 0 even if none runs)
 #   scripts/slurm-local.sh restart   stop, then start (applies a changed configuration)
+#   scripts/slurm-local.sh dbd-stop  stop slurmdbd only: job accounting off (sacct fails), the rest keeps running
+#   scripts/slurm-local.sh dbd-start start slurmdbd again (after dbd-stop); waits until sacct answers
 #
 # Environment:
 #   FOCALEXP_SLURM_STATE    state dir: daemon state, PID files, logs, MariaDB data (default /var/lib/focalexp-slurm)
 #   FOCALEXP_SLURM_DB_PORT  TCP port of the private MariaDB on 127.0.0.1 (default 3307)
 #   FOCALEXP_SLURM_CRED_EXPIRE  seconds a requeued job waits before it may start again (default 10; Slurm's is 120)
 #   FOCALEXP_SLURM_FORCE=1  overwrite an /etc/slurm/slurm.conf that this script did not write
+#   FOCALEXP_SLURM_MEMORY   how a job's --mem is enforced: cgroup (cgroup v1 memory controller) or poll
+#                           (RSS sampled each second); default: cgroup where it can work, else poll (see below)
 #
 # The configuration goes to /etc/slurm/slurm.conf (sbatch, srun, sacct find it without SLURM_CONF), cluster
 # "focalexp", one partition "debug" (the default). Tuned for fast tests (measured with Slurm 22.05.8):
@@ -26,6 +30,28 @@
 # - KillWait=5 (SIGTERM to SIGKILL on cancel/time limit), DefMemPerCPU = RealMemory/CPUs (a job asking for no
 #   memory would otherwise take the whole node and run alone).
 # - MinJobAge stays 300 s (scontrol show job still knows finished jobs); sacct keeps every job for good.
+# - Memory limits are enforced: a job step that outgrows the job's --mem is killed (measured with Slurm 22.05.8).
+#   Where the cgroup v1 memory controller is mounted writable at /sys/fs/cgroup/memory (this project's Debian 12
+#   machines, no systemd): TaskPlugin=task/cgroup + ProctrackType=proctrack/cgroup, cgroup.conf CgroupPlugin=
+#   cgroup/v1, ConstrainRAMSpace=yes, ConstrainSwapSpace=yes AllowedSwapSpace=0 (no swapping instead of dying;
+#   only where the kernel accounts swap: memory.memsw.* exists).
+#   The kernel kills the step at the limit, slurmstepd sees the oom event and writes "Detected 1 oom-kill
+#   event(s) in StepId=J.0" to the job's stderr; sacct: step J.0 OUT_OF_MEMORY, but the job itself (sacct -X,
+#   scontrol) FAILED 1:0 when the step was an srun inside the batch script, as submitit's are (only an oom in
+#   the batch step makes the job OUT_OF_MEMORY). A Python that outgrows --mem=256M importing torch: ~5 s from
+#   sbatch to the end.
+#   Elsewhere (a pure cgroup v2 host: Slurm 22.05's cgroup/v2 wants systemd or extra setup) the fallback is
+#   JobAcctGatherParams=OverMemoryKill with JobAcctGatherFrequency=task=1: slurmstepd samples the steps' RSS
+#   every second and kills one over the limit ("StepId=J.0 exceeded memory limit (N > M), being killed" in the
+#   job's stderr); sacct: step CANCELLED, job FAILED 9:0, no OUT_OF_MEMORY anywhere; a spike shorter than a
+#   second escapes. FOCALEXP_SLURM_MEMORY=cgroup|poll forces one (cgroup fails the start where it cannot work).
+# - ReturnToService=1: a node that stopped answering returns by itself once slurmd answers again; one that an
+#   admin set DOWN (`scontrol update NodeName=N State=DOWN`) stays down until `State=RESUME`. Its running batch
+#   jobs (requeue-able: JobRequeue defaults to 1) are killed and requeued at once (sacct reads NODE_FAIL for about
+#   a second, then PENDING; squeue PENDING, reason BeginTime) and start again once the node is back and
+#   cred_expire seconds have passed since the requeue.
+# - `dbd-stop` / `dbd-start`: stop or start only slurmdbd (accounting off, for tests of a cluster without it;
+#   slurmctld keeps running and sends the records it queued once slurmdbd is back).
 set -euo pipefail
 
 STATE="${FOCALEXP_SLURM_STATE:-/var/lib/focalexp-slurm}"
@@ -36,6 +62,7 @@ PARTITION=debug
 CONF_DIR=/etc/slurm
 SLURM_CONF_FILE="$CONF_DIR/slurm.conf"
 DBD_CONF_FILE="$CONF_DIR/slurmdbd.conf"
+CGROUP_CONF_FILE="$CONF_DIR/cgroup.conf"
 MARK="# written by focalexp scripts/slurm-local.sh"
 # rsync: launcher.snapshot copies the code with submitit's RsyncSnapshot on the submitting host (without it,
 # focalexp copies the package tree instead)
@@ -65,6 +92,17 @@ pid_of() {
     case "$want" in mysqld) want=mariadbd ;; esac
     [ "$comm" = "$want" ] || return 1 # a stale PID file whose number now belongs to another process
     echo "$pid"
+}
+
+# close_inherited_fds: close the descriptors above stderr that the caller passed down (bash's own 255 stays),
+# so that the daemons started here do not keep them open for good: a caller's `flock LOCKFILE scripts/slurm-local.sh
+# start` would otherwise stay locked for as long as munged, MariaDB and slurmdbd run
+close_inherited_fds() {
+    local fd n
+    for fd in /proc/$$/fd/*; do
+        n="${fd##*/}"
+        if [ "$n" -gt 2 ] && [ "$n" -ne 255 ]; then eval "exec $n>&-" 2>/dev/null || true; fi
+    done
 }
 
 # wait_for SECONDS CMD...: run CMD every 0.5 s until it succeeds, or fail after SECONDS
@@ -195,11 +233,55 @@ start_dbd() {
     for ((i = 0; i < 60; i++)); do
         if sacctmgr -n -P show cluster format=cluster 2>/dev/null | grep -qx "$CLUSTER"; then return 0; fi
         sacctmgr -i add cluster "$CLUSTER" >/dev/null 2>&1 || true
-        pid_of "$DBD_PID" >/dev/null || break
+        # its PID file comes once it reached MariaDB (seconds after a fresh MariaDB start): give up only later
+        if ((i >= 15)) && ! pid_of "$DBD_PID" >/dev/null; then break; fi
         sleep 1
     done
     tail -n 20 "$STATE/slurmdbd.log" >&2 || true
     die "slurmdbd does not answer or cluster '$CLUSTER' could not be added (log: $STATE/slurmdbd.log)"
+}
+
+# cgroup_v1_ok CONTROLLER: a cgroup v1 hierarchy of CONTROLLER is mounted at /sys/fs/cgroup/CONTROLLER and
+# takes a new cgroup (a read-only mount or a container without the right does not)
+cgroup_v1_ok() {
+    local d="/sys/fs/cgroup/$1"
+    [ "$(stat -f -c %T "$d" 2>/dev/null)" = cgroupfs ] && [ -f "$d/cgroup.procs" ] || return 1
+    mkdir "$d/focalexp-probe.$$" 2>/dev/null || return 1
+    rmdir "$d/focalexp-probe.$$"
+}
+
+# memory_mode: how a job's --mem is enforced here, cgroup or poll (see the top of the script)
+memory_mode() {
+    local want="${FOCALEXP_SLURM_MEMORY:-}"
+    case "$want" in
+    "" | cgroup | poll) ;;
+    *) die "FOCALEXP_SLURM_MEMORY: '$want' is neither cgroup nor poll" ;;
+    esac
+    if [ "$want" != poll ] && cgroup_v1_ok memory; then
+        echo cgroup
+    elif [ "$want" = cgroup ]; then
+        die "FOCALEXP_SLURM_MEMORY=cgroup but /sys/fs/cgroup/memory is no writable cgroup v1 memory controller"
+    else
+        echo poll
+    fi
+}
+
+# cgroup.conf on stdout (read by task/cgroup and proctrack/cgroup in memory mode cgroup)
+gen_cgroup_conf() {
+    cat <<EOF
+$MARK
+CgroupPlugin=cgroup/v1
+CgroupMountpoint=/sys/fs/cgroup
+# a job outgrowing its --mem is killed
+ConstrainRAMSpace=yes
+AllowedRAMSpace=100
+ConstrainCores=no
+ConstrainDevices=no
+EOF
+    # no swapping instead of dying: RAM + swap capped together at the same size (where the kernel accounts swap)
+    if [ -f /sys/fs/cgroup/memory/memory.memsw.limit_in_bytes ]; then
+        printf '%s\n' "ConstrainSwapSpace=yes" "AllowedSwapSpace=0"
+    fi
 }
 
 # slurm.conf for this host on stdout: the node line comes from `slurmd -C` (real CPUs and RealMemory)
@@ -219,12 +301,11 @@ SlurmctldHost=$host(127.0.0.1)
 AuthType=auth/munge
 # a requeued job waits cred_expire seconds (Slurm's default 120) before it may start again (see the top of the script)
 AuthInfo=cred_expire=$CRED_EXPIRE
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+$(memory_conf)
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=$defmem
-ReturnToService=2
+ReturnToService=1
 SlurmUser=root
 StateSaveLocation=$STATE/ctld
 SlurmdSpoolDir=$STATE/d
@@ -232,7 +313,6 @@ SlurmctldPidFile=$CTLD_PID
 SlurmdPidFile=$SLURMD_PID
 SlurmctldLogFile=$STATE/slurmctld.log
 SlurmdLogFile=$STATE/slurmd.log
-JobAcctGatherType=jobacct_gather/linux
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 MpiDefault=none
@@ -247,9 +327,35 @@ PartitionName=$PARTITION Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
 }
 
+# the slurm.conf lines of memory mode $MEMORY: process tracking, task plugin, job accounting
+memory_conf() {
+    local proctrack=proctrack/linuxproc
+    if [ "$MEMORY" = cgroup ]; then
+        cgroup_v1_ok freezer && proctrack=proctrack/cgroup # all of a job's processes, also those that left it
+        printf '%s\n' "# a job outgrowing its --mem: the kernel kills it in its memory cgroup (cgroup.conf), OUT_OF_MEMORY" \
+            "ProctrackType=$proctrack" "TaskPlugin=task/cgroup" "JobAcctGatherType=jobacct_gather/linux"
+    else
+        printf '%s\n' "# a job outgrowing its --mem: its RSS, sampled every second, is over the limit; killed, OUT_OF_MEMORY" \
+            "ProctrackType=$proctrack" "TaskPlugin=task/none" "JobAcctGatherType=jobacct_gather/linux" \
+            "JobAcctGatherParams=OverMemoryKill" "JobAcctGatherFrequency=task=1"
+    fi
+}
+
+# config_current: slurm.conf (and cgroup.conf in memory mode cgroup) are what this script writes now
+config_current() {
+    gen_slurm_conf | cmp -s - "$SLURM_CONF_FILE" || return 1
+    if [ "$MEMORY" = cgroup ]; then gen_cgroup_conf | cmp -s - "$CGROUP_CONF_FILE" || return 1; fi
+}
+
 write_slurm_conf() {
     gen_slurm_conf >"$SLURM_CONF_FILE.new"
     mv "$SLURM_CONF_FILE.new" "$SLURM_CONF_FILE"
+    if [ "$MEMORY" = cgroup ]; then
+        gen_cgroup_conf >"$CGROUP_CONF_FILE.new"
+        mv "$CGROUP_CONF_FILE.new" "$CGROUP_CONF_FILE"
+    elif [ -f "$CGROUP_CONF_FILE" ] && grep -qF "$MARK" "$CGROUP_CONF_FILE"; then
+        rm -f "$CGROUP_CONF_FILE" # ours from an earlier start in mode cgroup; unused now
+    fi
 }
 
 start_ctld() {
@@ -281,12 +387,13 @@ start_slurmd() {
 
 cmd_start() {
     need_root start
+    MEMORY="$(memory_mode)" || exit 1
     mkdir -p "$STATE"
     chmod 755 "$STATE"
     if command -v slurmctld >/dev/null && [ -f "$MYSQL_CNF" ] && healthy; then
         say "SLURM cluster '$CLUSTER' is already up and healthy (state: $STATE)"
-        if ! gen_slurm_conf | cmp -s - "$SLURM_CONF_FILE"; then
-            say "note: $SLURM_CONF_FILE differs from the configuration this script would write now; '$0 restart' applies it"
+        if ! config_current; then
+            say "note: $SLURM_CONF_FILE (or cgroup.conf) differs from the configuration this script would write now; '$0 restart' applies it"
         fi
         exit 0
     fi
@@ -297,9 +404,11 @@ cmd_start() {
             die "a $name that this state dir ($STATE) did not start is running (pid $(pgrep -x "$name" | tr '\n' ' ')): stop it first"
         fi
     done
-    if [ -f "$SLURM_CONF_FILE" ] && ! grep -qF "$MARK" "$SLURM_CONF_FILE" && [ "${FOCALEXP_SLURM_FORCE:-0}" != 1 ]; then
-        die "$SLURM_CONF_FILE exists and was not written by this script (set FOCALEXP_SLURM_FORCE=1 to overwrite it)"
-    fi
+    for name in "$SLURM_CONF_FILE" "$CGROUP_CONF_FILE"; do
+        if [ -f "$name" ] && ! grep -qF "$MARK" "$name" && [ "${FOCALEXP_SLURM_FORCE:-0}" != 1 ]; then
+            die "$name exists and was not written by this script (set FOCALEXP_SLURM_FORCE=1 to overwrite it)"
+        fi
+    done
     mkdir -p "$STATE/ctld" "$STATE/d" "$CONF_DIR"
     local pass_file="$STATE/dbpass" pass
     if [ ! -s "$pass_file" ]; then
@@ -313,7 +422,7 @@ cmd_start() {
     start_dbd
     start_ctld
     start_slurmd
-    say "SLURM cluster '$CLUSTER' is up in $((SECONDS - t0)) s: partition '$PARTITION', node $(hostname -s) $(node_state) (state and logs: $STATE)"
+    say "SLURM cluster '$CLUSTER' is up in $((SECONDS - t0)) s: partition '$PARTITION', node $(hostname -s) $(node_state), memory limits enforced by $MEMORY (state and logs: $STATE)"
     sinfo
 }
 
@@ -371,6 +480,21 @@ cmd_stop() {
     say "SLURM cluster '$CLUSTER' stopped"
 }
 
+cmd_dbd_stop() {
+    need_root dbd-stop
+    pid_of "$DBD_PID" >/dev/null || { say "slurmdbd is not running"; return 0; }
+    stop_pids slurmdbd "$DBD_PID"
+    say "slurmdbd stopped: job accounting is off (sacct fails) until '$0 dbd-start'"
+}
+
+cmd_dbd_start() {
+    need_root dbd-start
+    [ -f "$MYSQL_CNF" ] && [ -f "$DBD_CONF_FILE" ] || die "the cluster was never started here: run '$0 start'"
+    mysql_ok || die "MariaDB does not answer: run '$0 start'"
+    start_dbd
+    say "slurmdbd is up: job accounting is on"
+}
+
 cmd_status() {
     local ok=0 name file pid
     for name in munged mariadb slurmdbd slurmctld slurmd; do
@@ -397,13 +521,16 @@ cmd_status() {
     return "$ok"
 }
 
+case "${1:-}" in start | restart | dbd-start) close_inherited_fds ;; esac
 case "${1:-}" in
 start) cmd_start ;;
 stop) cmd_stop ;;
 restart) cmd_stop && cmd_start ;;
 status) cmd_status ;;
+dbd-stop) cmd_dbd_stop ;;
+dbd-start) cmd_dbd_start ;;
 *)
-    echo "usage: $0 start|stop|status|restart   (state dir: \$FOCALEXP_SLURM_STATE, default /var/lib/focalexp-slurm)" >&2
+    echo "usage: $0 start|stop|status|restart|dbd-stop|dbd-start   (state dir: \$FOCALEXP_SLURM_STATE, default /var/lib/focalexp-slurm)" >&2
     exit 2
     ;;
 esac

@@ -9,6 +9,7 @@ waited on. Cancel: one ``scancel`` for every job.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import shutil
 import subprocess
@@ -81,6 +82,55 @@ def slurm_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
                 for j in expand_ids(parts[0]):
                     states.setdefault(j, (parts[1], parts[2]))
     return states
+
+
+def queue_states() -> dict[str, tuple[str, str]] | None:
+    """job id -> (STATE, reason) of every job ``squeue`` lists (pending, running, completing): the controller's
+    live word, fresher than ``sacct``'s (None when squeue does not answer)."""
+    out = _run(["squeue", "-h", "-r", "-o", "%i|%T|%r"])
+    if out is None:
+        return None
+    states: dict[str, tuple[str, str]] = {}
+    for line in out.splitlines():
+        parts = line.split("|")
+        if len(parts) == 3:
+            for j in expand_ids(parts[0]):
+                states[j] = (parts[1], parts[2])
+    return states
+
+
+# what slurmstepd and srun write to the job's stderr when a step is killed for memory: the cgroup's oom killer
+# (task/cgroup) or the RSS sampling of JobAcctGatherParams=OverMemoryKill
+_OOM_LOG = re.compile(r"^(slurmstepd\S*: error: .*(oom-kill event|exceeded (job )?memory limit)"
+                      r"|srun: error: .*task \d+: Out Of Memory)", re.M)
+
+
+def memory_kills(failed: Mapping[str, str | None]) -> set[str]:
+    """Which of the ``failed`` jobs (job id -> its stderr log, or None) were killed for memory. submitit runs
+    the task in an srun step, so ``sacct -X`` reads such a job FAILED and only the step says OUT_OF_MEMORY:
+    one ``sacct`` of the steps; a job it does not settle (accounting off, or a step killed by RSS sampling,
+    which sacct records as CANCELLED) by slurmstepd's line in the log (its last 16 KiB)."""
+    if not failed:
+        return set()
+    bases = sorted({j.split("_")[0] for j in failed})
+    out = _run(["sacct", "-P", "-n", "-j", ",".join(bases), "--format", "JobID,State"]) or ""
+    killed: set[str] = set()
+    for line in out.splitlines():
+        jid, _, state = line.partition("|")
+        if "." in jid and state.startswith("OUT_OF_MEMORY"):
+            killed.update(j for j in expand_ids(jid.split(".")[0]) if j in failed)
+    for jid, log in failed.items():
+        if jid in killed or not log:
+            continue
+        try:
+            with open(log, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - 16 * 1024))
+                tail = f.read().decode("utf-8", "replace")
+        except OSError:
+            continue
+        if _OOM_LOG.search(tail):
+            killed.add(jid)
+    return killed
 
 
 def _sinfo_nodes() -> list[dict[str, Any]] | None:
@@ -201,8 +251,34 @@ class SlurmBackend(Backend):
         if sched is None:
             why = "the SLURM controller does not answer (sacct and squeue failed)"
             return {rid: JobState("unknown", why) for rid in jobs}
+        self._settle(sweep, jobs, results, sched)
         return {rid: self._state(rid, ev, sched.get(str(ev["job_id"])), sweep, results.get(rid))
                 for rid, ev in jobs.items()}
+
+    @staticmethod
+    def _settle(sweep, jobs, results, sched: dict[str, tuple[str, str]]) -> None:
+        """Corrects ``sched`` (sacct's word first) for the runs without a final result. A job that sacct says
+        ended and that ``squeue`` lists as pending or running takes squeue's state: for about a second after
+        its node fails, sacct reads a job NODE_FAIL that the controller has already requeued. A job that ended
+        FAILED, or that the scheduler does not know, and that was killed for memory (:func:`memory_kills`)
+        reads OUT_OF_MEMORY."""
+        from ..status import in_sweep
+
+        open_runs = {rid: str(ev["job_id"]) for rid, ev in jobs.items()
+                     if (results.get(rid) or {}).get("status") not in ("done", "failed")}
+        back = _REQUEUED | {"PENDING", "RUNNING"}  # not COMPLETING: a job that ends is sacct's to describe
+        if any(j in sched and sched[j][0] not in back | _RUNNING for j in open_runs.values()):
+            live = queue_states() or {}
+            sched.update({j: live[j] for j in open_runs.values() if j in live and live[j][0] in back})
+        failed = {}
+        for rid, jid in open_runs.items():
+            ev = jobs[rid]
+            if jid not in sched or sched[jid][0] == "FAILED":
+                log = in_sweep(sweep, ev.get("stderr"))
+                failed[jid] = str(log) if log else None
+        for jid in memory_kills(failed):
+            why = sched[jid][1] if jid in sched else "no accounting record; slurmstepd's line in the job log"
+            sched[jid] = ("OUT_OF_MEMORY", why)
 
     def _state(self, run_id: str, job: Mapping[str, Any], sched: tuple[str, str] | None, sweep,
                result: dict | None) -> JobState:

@@ -1,9 +1,10 @@
 """SLURM through submitit: job arrays (split at the cluster's MaxArraySize), submitted and left to the
 scheduler; the launcher returns at once.
 
-State: ``sacct`` once for every job of the sweep; where accounting is off or a job is too fresh for it,
-``squeue`` fills in. A job that neither knows and that left no result is reported as lost, never
-waited on. Cancel: one ``scancel`` for every job.
+State: ``sacct`` once for every job of the sweep (a task's own record over its array's); where accounting is
+off or a job is too fresh for it, ``squeue`` fills in. A job that neither knows and that left no result is
+reported as killed, never waited on. A task that raised is failed; OUT_OF_MEMORY, NODE_FAIL and a signal
+in the exit code are killed, TIMEOUT and DEADLINE timeout. Cancel: one ``scancel`` for every job.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ...errors import ConfigError, FocalexpError, did_you_mean
-from .base import Backend, JobState
+from .base import Backend, JobState, signal_text
 
 DEFAULT_MAX_ARRAY = 1001
 
 _RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "STOPPED", "RESIZING", "SIGNALING", "STAGE_OUT"}
 _REQUEUED = {"REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED", "RESV_DEL_HOLD"}
-_FAILED = {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT"}
+_ENDED_BADLY = {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT"}
 _JOB_ID = re.compile(r"^\d+(_\d+)?$")  # what scancel is given: a job or an array task, nothing else
 
 
@@ -54,22 +55,41 @@ def expand_ids(token: str) -> list[str]:
     return out
 
 
-def slurm_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
-    """job id -> (STATE, reason or exit code); from sacct, then squeue for what sacct lacks.
-    None when neither command answers (no SLURM client here, controller down)."""
+def parse_sacct(text: str) -> dict[str, tuple[str, str]]:
+    """``sacct -X -P -n --format JobID,State,ExitCode,Reason`` -> job id -> (STATE, "exit CODE[, reason]").
+
+    A task's own record wins over an array record that expands to it: while an array runs, sacct returns
+    both ``9_3|RUNNING`` and the not-yet-updated ``9_[3-4%5]|PENDING`` of the tasks still waiting, and the
+    task that already started is running, not pending (nor requeued). Among records equally specific, the
+    later line wins."""
     states: dict[str, tuple[str, str]] = {}
+    own: set[str] = set()  # ids set by a record of their own
+    for line in text.splitlines():
+        parts = line.split("|")
+        if len(parts) < 4 or not parts[1].strip():
+            continue
+        jid, state, code, reason = (p.strip() for p in parts[:4])
+        state = state.split()[0]  # "CANCELLED by 0" -> CANCELLED
+        value = (state, f"exit {code}" + (f", {reason}" if reason and reason != "None" else ""))
+        ids = expand_ids(jid)
+        if ids == [jid]:
+            states[jid] = value
+            own.add(jid)
+        else:
+            for j in ids:
+                if j not in own:
+                    states[j] = value
+    return states
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
+    """job id -> (STATE, reason or exit code); from sacct (:func:`parse_sacct`), then squeue for what
+    sacct lacks. None when neither command answers (no SLURM client here, controller down)."""
     if not job_ids:
-        return states
+        return {}
     bases = sorted({j.split("_")[0] for j in job_ids})
     out = _run(["sacct", "-X", "-P", "-n", "-j", ",".join(bases), "--format", "JobID,State,ExitCode,Reason"])
-    for line in (out or "").splitlines():
-        parts = line.split("|")
-        if len(parts) < 4:
-            continue
-        jid, state, code, reason = parts[:4]
-        state = state.split()[0]  # "CANCELLED by 0" -> CANCELLED
-        for j in expand_ids(jid):
-            states[j] = (state, f"exit {code}" + (f", {reason}" if reason and reason != "None" else ""))
+    states = parse_sacct(out or "")
     missing = [j for j in job_ids if j not in states]
     if missing:
         sq = _run(["squeue", "-h", "-r", "-o", "%i|%T|%r"])
@@ -81,6 +101,17 @@ def slurm_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
                 for j in expand_ids(parts[0]):
                     states.setdefault(j, (parts[1], parts[2]))
     return states
+
+
+def exit_signal(why: str) -> int | None:
+    """The signal in sacct's ExitCode ("exit 0:9" -> 9; "exit 137:0", a shell's 128 + 9, -> 9), or None."""
+    m = re.match(r"exit (\d+):(\d+)", why)
+    if not m:
+        return None
+    code, sig = int(m.group(1)), int(m.group(2))
+    if sig:
+        return sig
+    return code - 128 if 128 < code < 160 else None
 
 
 def _sinfo_nodes() -> list[dict[str, Any]] | None:
@@ -216,8 +247,10 @@ class SlurmBackend(Backend):
             if claim and holder_alive(claim):
                 return JobState("running")
             err = submitit_error(job, sweep)
-            return JobState("failed", err or f"job {job_id} is gone without a result and the scheduler has no "
-                                             "record of it")
+            if err:
+                return JobState("failed", err)
+            return JobState("killed", f"job {job_id} is gone without a result and the scheduler has no record of "
+                                      "it", charged=False)
         state, why = sched
         if state == "PENDING":
             return JobState("requeued" if rstat in ("running", "interrupted") else "queued", "", state)
@@ -227,9 +260,23 @@ class SlurmBackend(Backend):
             return JobState("running", "", state)
         if state.startswith("CANCELLED"):
             return JobState("cancelled", f"job {job_id} cancelled ({why})", state)
-        if state in _FAILED:
-            err = submitit_error(job, sweep)
-            return JobState("failed", f"{state} ({why})" + (f": {err}" if err else ""), state)
+        err = submitit_error(job, sweep) if state in _ENDED_BADLY else None
+        more = f": {err}" if err else ""
+        # the scheduler's word first: a task that raised because a worker was OOM-killed was killed for memory
+        if state == "OUT_OF_MEMORY":
+            return JobState("killed", f"job {job_id} killed: out of memory ({why}){more}", state, oom=True)
+        if state in ("NODE_FAIL", "BOOT_FAIL"):
+            return JobState("killed", f"job {job_id} killed: node failure ({state}, {why}){more}", state)
+        if state in ("TIMEOUT", "DEADLINE"):
+            return JobState("timeout", f"job {job_id} reached its time limit ({state}, {why}){more}", state)
+        if err:  # the task raised: failed, with its exception
+            return JobState("failed", f"{state} ({why}){more}", state)
+        if state == "FAILED":
+            sig = exit_signal(why)
+            if sig is not None:
+                return JobState("killed", f"job {job_id} killed: {signal_text(sig)} ({why})", state)
+        if state in _ENDED_BADLY:
+            return JobState("failed", f"{state} ({why})", state)
         if state == "COMPLETED":
             claim = read_claim(sweep.run_dir(run_id))
             if claim and claim.get("job_id") != job_id and holder_alive(claim):

@@ -33,16 +33,30 @@ def exit_record_path(folder: Path, job_id: str) -> Path:
 
 
 def oom_kills() -> int | None:
-    """The OOM kills the kernel counted in this process's cgroup (cgroup v2), None where it cannot tell."""
+    """How many processes the kernel's OOM killer has killed in this process's memory cgroup (cgroup v2:
+    ``memory.events``; v1: ``memory.oom_control``); None where it cannot be read."""
     try:
-        rel = next(ln.split("::", 1)[1] for ln in Path("/proc/self/cgroup").read_text().splitlines()
-                   if ln.startswith("0::"))
-        for line in (Path("/sys/fs/cgroup") / rel.lstrip("/") / "memory.events").read_text().splitlines():
-            key, _, value = line.partition(" ")
-            if key == "oom_kill":
-                return int(value)
-    except (OSError, StopIteration, ValueError):
-        pass
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    places = []
+    for line in lines:
+        _, ctrl, path = (line.split(":", 2) + ["", ""])[:3]
+        rel = path.lstrip("/")
+        if ctrl == "":
+            places.append(Path("/sys/fs/cgroup") / rel / "memory.events")
+        elif "memory" in ctrl.split(","):
+            # a cgroup namespace shows the process's own cgroup as the root of the hierarchy
+            places += [Path("/sys/fs/cgroup/memory") / rel / "memory.oom_control",
+                       Path("/sys/fs/cgroup/memory/memory.oom_control")]
+    for place in places:
+        try:
+            for line in place.read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+        except (OSError, ValueError):
+            continue
     return None
 
 

@@ -24,6 +24,7 @@ DEFAULT_MAX_ARRAY = 1001
 
 _RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "STOPPED", "RESIZING", "SIGNALING", "STAGE_OUT"}
 _REQUEUED = {"REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED", "RESV_DEL_HOLD"}
+_LIVE = {"PENDING", *_RUNNING, *_REQUEUED}  # not final: squeue's live word beats sacct's
 _ENDED_BADLY = {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT"}
 _JOB_ID = re.compile(r"^\d+(_\d+)?$")  # what scancel is given: a job or an array task, nothing else
 
@@ -83,15 +84,17 @@ def parse_sacct(text: str) -> dict[str, tuple[str, str]]:
 
 
 def slurm_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
-    """job id -> (STATE, reason or exit code); from sacct (:func:`parse_sacct`), then squeue for what
-    sacct lacks. None when neither command answers (no SLURM client here, controller down)."""
+    """job id -> (STATE, reason or exit code), the freshest word on each: sacct (:func:`parse_sacct`) for
+    jobs that ended, squeue (the controller's live view) for those it still lists whose accounting record
+    is missing or not final (slurmdbd lags: a task that started can be only in the array's PENDING record
+    for seconds). None when neither command answers (no SLURM client here, controller down)."""
     if not job_ids:
         return {}
     bases = sorted({j.split("_")[0] for j in job_ids})
     out = _run(["sacct", "-X", "-P", "-n", "-j", ",".join(bases), "--format", "JobID,State,ExitCode,Reason"])
     states = parse_sacct(out or "")
-    missing = [j for j in job_ids if j not in states]
-    if missing:
+    live = [j for j in job_ids if j not in states or states[j][0] in _LIVE]
+    if live:
         sq = _run(["squeue", "-h", "-r", "-o", "%i|%T|%r"])
         if out is None and sq is None:
             return None
@@ -99,7 +102,8 @@ def slurm_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
             parts = line.split("|")
             if len(parts) == 3:
                 for j in expand_ids(parts[0]):
-                    states.setdefault(j, (parts[1], parts[2]))
+                    if j not in states or states[j][0] in _LIVE:
+                        states[j] = (parts[1], parts[2])
     return states
 
 

@@ -219,3 +219,58 @@ def test_a_task_killed_by_a_signal_reads_killed_and_reruns_up_to_max_retries(tmp
     subs = [e for e in events if e["event"] == "submitted"]
     assert [(e["attempt"], e["after"], e.get("forced")) for e in subs] == [(1, None, None), (2, "killed", False),
                                                                           (3, "killed", True)]
+
+
+# ------------------------------------------------------------------ a task killed by the kernel's OOM killer
+def _memory_cgroup(name: str, limit_mb: int) -> tuple[Path, str] | None:
+    """A memory cgroup of ``limit_mb`` (v1 or v2) and the shell line that moves a job into it; None where this
+    process may not make one (not root, no writable cgroup fs)."""
+    for root, limit in ((Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes"), (Path("/sys/fs/cgroup"), "memory.max")):
+        if not (root / limit).exists() and not (root / "cgroup.controllers").exists():
+            continue
+        cg = root / name
+        try:
+            cg.mkdir()
+            (cg / limit).write_text(str(limit_mb * 2**20))
+        except OSError:
+            try:
+                cg.rmdir()
+            except OSError:
+                pass
+            continue
+        return cg, f"echo $$ > {cg}/cgroup.procs"
+    return None
+
+
+@pytest.mark.slow
+def test_a_task_the_oom_killer_kills_twice_reads_out_of_memory_and_waits(tmp_path):
+    """The job runs in a memory cgroup too small for it (launcher.setup moves it there): the kernel's OOM
+    killer kills the task, its controller sees the signal and the cgroup's OOM count, the run reads killed
+    for out of memory; a re-run resubmits it once, and after the second OOM kill it waits with the reason."""
+    made = _memory_cgroup(f"focalexp-oom-{os.getpid()}", 120)
+    if made is None:
+        pytest.skip("no memory cgroup can be made here (needs root and a writable cgroup file system)")
+    cg, line = made
+    try:
+        spec = tiny_spec(grid={"model.focal_levels": [1]})
+        spec["launcher"]["setup"] = [line]
+        p = write_spec(tmp_path, spec)
+        sw = tmp_path / "sw"
+        for n in (1, 2):
+            r = invoke("sweep", str(p), "--dir", str(sw), "--allow-setup")
+            assert r.returncode == 1, r.stdout + r.stderr
+            (st,) = status(sw)
+            assert st.state == "killed" and st.oom and "out of memory" in st.reason, st
+            assert st.attempts == n and st.oom_kills == n
+        assert "killed for out of memory 2 times; raise launcher.mem_gb" in st.reason
+        assert "the same command leaves it" in r.stdout
+        r = invoke("sweep", str(p), "--dir", str(sw), "--allow-setup")
+        assert "submitted 0" in r.stdout
+    finally:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                cg.rmdir()
+                break
+            except OSError:  # processes still leaving it
+                time.sleep(0.2)

@@ -86,8 +86,8 @@ def parse_sacct(text: str) -> dict[str, tuple[str, str]]:
 def slurm_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
     """job id -> (STATE, reason or exit code), the freshest word on each: sacct (:func:`parse_sacct`) for
     jobs that ended, squeue (the controller's live view) for those it still lists whose accounting record
-    is missing or not final (slurmdbd lags: a task that started can be only in the array's PENDING record
-    for seconds). None when neither command answers (no SLURM client here, controller down)."""
+    is missing or not final (slurmdbd lags: a task that started, or even ended, can be only in the array's
+    PENDING record for seconds; one that left the queue is reported ending). None when neither command answers (no SLURM client here, controller down)."""
     if not job_ids:
         return {}
     bases = sorted({j.split("_")[0] for j in job_ids})
@@ -98,12 +98,18 @@ def slurm_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
         sq = _run(["squeue", "-h", "-r", "-o", "%i|%T|%r"])
         if out is None and sq is None:
             return None
+        queued: set[str] = set()
         for line in (sq or "").splitlines():
             parts = line.split("|")
             if len(parts) == 3:
                 for j in expand_ids(parts[0]):
+                    queued.add(j)
                     if j not in states or states[j][0] in _LIVE:
                         states[j] = (parts[1], parts[2])
+        if sq is not None:  # not final in sacct, gone from the queue: it ended, its accounting lags behind
+            for j in live:
+                if j in states and j not in queued and states[j][0] in _LIVE:
+                    states[j] = ("COMPLETING", "ended; sacct has not recorded how yet")
     return states
 
 

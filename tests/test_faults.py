@@ -274,3 +274,33 @@ def test_a_task_the_oom_killer_kills_twice_reads_out_of_memory_and_waits(tmp_pat
                 break
             except OSError:  # processes still leaving it
                 time.sleep(0.2)
+
+
+# ------------------------------------------------------------------ SLURM's endings, as sacct prints them
+@pytest.mark.parametrize("sacct_line, pickled, state, words", [
+    ("7|OUT_OF_MEMORY|0:125|None", False, "killed", "out of memory"),
+    ("7|TIMEOUT|0:0|None", False, "timeout", "time limit"),
+    ("7|DEADLINE|0:0|None", False, "timeout", "time limit"),
+    ("7|NODE_FAIL|0:0|None", False, "killed", "node failure"),
+    ("7|FAILED|0:9|None", False, "killed", "signal 9 (SIGKILL)"),  # sbatch's own shell SIGKILLed
+    ("7|FAILED|137:0|None", False, "killed", "signal 9 (SIGKILL)"),  # a shell's 128 + 9
+    ("7|FAILED|3:0|None", False, "failed", "FAILED (exit 3:0)"),  # exited 3 before any Python raised
+    ("7|FAILED|1:0|None", True, "failed", "ValueError: boom"),  # the task raised
+    ("7|CANCELLED by 0|0:15|None", False, "cancelled", "cancelled"),
+])
+def test_slurm_endings_map_to_killed_timeout_failed_cancelled(tmp_path, sacct_line, pickled, state, words):
+    import pickle
+
+    from focalexp.sweep.backends.slurm import SlurmBackend
+    from focalexp.sweep.store import SweepDir
+
+    sw = SweepDir(tmp_path / "sw")
+    pkl = sw.logs / "7" / "7_0_result.pkl"
+    pkl.parent.mkdir(parents=True)
+    if pickled:  # what submitit leaves when the task raised
+        pkl.write_bytes(pickle.dumps(("error", "Traceback (most recent call last):\nValueError: boom\n")))
+    job = {"job_id": "999999999", "result_pickle": str(pkl)}  # no such job: no step record to find
+    (sched,) = parse_sacct(sacct_line).values()
+    v = SlurmBackend()._state("0123456789ab", job, sched, sw, None)
+    assert v.state == state and words in v.reason, v
+    assert v.oom == (words == "out of memory")

@@ -113,6 +113,19 @@ def slurm_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
     return states
 
 
+def step_signal(job_id: str) -> int | None:
+    """The signal that killed a step of the job (sacct without -X: ``107.0|CANCELLED|0:9``), None if none.
+    A task that srun ran and SIGKILL ended shows in the job's own record only as ``FAILED 9:0``."""
+    if not _JOB_ID.match(job_id):
+        return None
+    for line in (_run(["sacct", "-P", "-n", "-j", job_id, "--format", "JobID,ExitCode"]) or "").splitlines():
+        jid, _, code = line.partition("|")
+        m = re.fullmatch(r"\d+:(\d+)", code.strip())
+        if jid.startswith(job_id + ".") and m and int(m.group(1)):
+            return int(m.group(1))
+    return None
+
+
 def exit_signal(why: str) -> int | None:
     """The signal in sacct's ExitCode ("exit 0:9" -> 9; "exit 137:0", a shell's 128 + 9, -> 9), or None."""
     m = re.match(r"exit (\d+):(\d+)", why)
@@ -281,10 +294,13 @@ class SlurmBackend(Backend):
             return JobState("timeout", f"job {job_id} reached its time limit ({state}, {why}){more}", state)
         if err:  # the task raised: failed, with its exception
             return JobState("failed", f"{state} ({why}){more}", state)
-        if state == "FAILED":
-            sig = exit_signal(why)
+        if state == "FAILED":  # no exception: a signal in its exit code or in one of its steps' is a kill
+            sig = exit_signal(why) or step_signal(job_id)
             if sig is not None:
                 return JobState("killed", f"job {job_id} killed: {signal_text(sig)} ({why})", state)
+            if why.startswith("exit 0:0"):  # sacct has not recorded the exit yet (it does within seconds)
+                return JobState("killed", f"job {job_id} ended with neither exit code nor exception yet (killed?)",
+                                state, charged=False)
         if state in _ENDED_BADLY:
             return JobState("failed", f"{state} ({why})", state)
         if state == "COMPLETED":

@@ -272,3 +272,30 @@ def test_a_running_array_task_reads_running_while_its_throttled_siblings_pend(tm
         subprocess.run(["scancel", job], capture_output=True, timeout=30)
     assert started == set(ids) and seen_throttled
     assert {s for s, _ in slurm_states(ids).values()} == {"COMPLETED"}
+
+
+def test_a_sigkilled_task_reads_killed_and_the_same_command_resubmits_it(tmp_path):
+    """The task of a running job SIGKILLed (what the OOM killer does): sacct has the job FAILED 9:0 and its
+    step killed by signal 9; status reads killed (not failed) with the signal, and the same sweep command
+    resubmits the run, the attempt recorded."""
+    import signal
+
+    spec = spec_for({"model.focal_levels": [2]}, train={"epochs": 30})
+    r = sweep_cli(tmp_path, spec)
+    assert r.returncode == 0, r.stdout + r.stderr
+    sw = tmp_path / "sw"
+    (st,) = status(sw)
+    rd = sw / "runs" / st.run_id
+    claim = wait_for(lambda: (rd / "claim.json").exists() and json.loads((rd / "claim.json").read_text()), 240,
+                     every=0.2)
+    os.kill(int(claim["pid"]), signal.SIGKILL)  # a one-node cluster: the task is a process of this machine
+    st = wait_for(lambda: next((s for s in status(sw) if s.state not in ("running", "queued")), None), 120)
+    st = wait_for(lambda: next((s for s in status(sw) if "signal 9" in s.reason), None), 60)
+    assert st.state == "killed" and "signal 9 (SIGKILL)" in st.reason and st.charged, (st.state, st.reason)
+    r = sweep_cli(tmp_path, spec)
+    try:
+        assert "submitted 1 (slurm)" in r.stdout, r.stdout + r.stderr
+        (st,) = status(sw)
+        assert st.attempts == 2 and st.state in ("queued", "running")
+    finally:
+        cancel(sw)

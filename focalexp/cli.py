@@ -49,9 +49,9 @@ STATE_HELP = (
     "stopped (ended early with a checkpoint: the same sweep command continues it); killed (a signal, out of "
     "memory, a lost node, or its launcher's process group: the same sweep command resubmits it, at most "
     "launcher.max_retries times in a row); timeout (its time limit: resubmitted the same way); failed (the task "
-    "raised: the reason and the log's tail are shown; --retry-failed resubmits it); cancelled; missing (in the manifest, but no job was ever recorded for it: the "
-    "launcher stopped before submitting it; the same sweep command submits it); unknown (the scheduler "
-    "does not answer)."
+    "raised: the reason and the log's tail are shown; --retry-failed resubmits it); cancelled; missing (in "
+    "the manifest, but no job was ever recorded for it: the launcher stopped before submitting it; the same "
+    "sweep command submits it); unknown (the scheduler does not answer)."
 )
 # commands that never need torch before their work starts: the sweep engine validates thousands of runs,
 # and every user error comes back in well under a second (export: flags and --out are checked first)
@@ -455,13 +455,14 @@ def _killed_line(states, sweep_dir) -> str | None:
     bound = max_retries(SweepDir(sweep_dir))
     again = [s for s in ended if retry_hold(s, bound) is None]
     held = len(ended) - len(again)
-    words = " or ".join(w for w, k in (("killed", "killed"), ("timed out", "timeout")) if any(s.state == k for s in ended))
+    words = " or ".join(w for w, k in (("killed", "killed"), ("timed out", "timeout"))
+                        if any(s.state == k for s in ended))
     n = len(ended)
-    line = f"{n} run{'s were' if n != 1 else ' was'} {words}"
+    line, them = f"{n} run{'s were' if n != 1 else ' was'} {words}", "them" if n != 1 else "it"
     if again and not held:
-        return line + f"; the same command resubmits {'them' if n != 1 else 'it'}"
+        return line + f"; the same command resubmits {them}"
     if not again:
-        return line + f"; the same command leaves {'them' if n != 1 else 'it'} (see the reasons); --retry-failed resubmits"
+        return line + f"; the same command leaves {them} (see the reasons); --retry-failed resubmits {them}"
     return line + f"; the same command resubmits {len(again)}, --retry-failed the other {held}"
 
 

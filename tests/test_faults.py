@@ -142,7 +142,8 @@ def test_process_group_sigkilled_at_random_moments_then_rerun_every_run_done_onc
             _wait_group_dead(proc.pid)
         kills.append((phase, seen, alive, round(time.time() - t0, 1)))
         states = status(sw)
-        assert {s.state for s in states} <= {"killed", "missing", "done"}, (phase, [(s.state, s.reason) for s in states])
+        assert {s.state for s in states} <= {"killed", "missing", "done"}, (phase, [(s.state, s.reason)
+                                                                                   for s in states])
         assert all(s.charged is False for s in states if s.state == "killed")  # not the run's fault: no bound
         _checkpoints_load(sw)
     assert all(seen and alive for _, seen, alive, _ in kills), kills  # every trial killed a sweep at work
@@ -225,7 +226,8 @@ def test_a_task_killed_by_a_signal_reads_killed_and_reruns_up_to_max_retries(tmp
 def _memory_cgroup(name: str, limit_mb: int) -> tuple[Path, str] | None:
     """A memory cgroup of ``limit_mb`` (v1 or v2) and the shell line that moves a job into it; None where this
     process may not make one (not root, no writable cgroup fs)."""
-    for root, limit in ((Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes"), (Path("/sys/fs/cgroup"), "memory.max")):
+    for root, limit in ((Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes"),
+                        (Path("/sys/fs/cgroup"), "memory.max")):
         if not (root / limit).exists() and not (root / "cgroup.controllers").exists():
             continue
         cg = root / name

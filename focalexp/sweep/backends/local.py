@@ -3,8 +3,9 @@ launcher follows them to the end (Ctrl-C stops them with a checkpoint).
 
 State: the run dir's claim (the task's host and pid) and the job's process, then submitit's result
 pickle (read as plain data, only inside the sweep dir), then the exit record the job's controller leaves
-(:mod:`.local_controller`: the signal that killed a task, the OOM killer, a time-out). Cancel: SIGINT to the job's tasks, as Ctrl-C
-(a training run saves ``last.pth`` and stops), each pid first checked to be a submitit process of the run.
+(:mod:`.local_controller`: the signal that killed a task, the OOM killer, a time-out). Cancel: SIGINT to
+the job's tasks, as Ctrl-C (a training run saves ``last.pth`` and stops), each pid first checked to be a
+submitit process of the run.
 """
 
 from __future__ import annotations
@@ -223,7 +224,8 @@ class LocalBackend(Backend):
             return JobState("failed", err)
         rstat = (result or {}).get("status")
         if rstat in ("interrupted", "stopped"):  # the task itself stopped early, with a checkpoint
-            return JobState("stopped", (result or {}).get("reason", "") or "stopped before the end; a re-run continues it")
+            return JobState("stopped", (result or {}).get("reason", "")
+                            or "stopped before the end; a re-run continues it")
         return self._ending(job, sweep, run_id)
 
     def _ending(self, job: Mapping[str, Any], sweep, run_id: str) -> JobState:

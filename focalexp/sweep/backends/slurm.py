@@ -87,7 +87,8 @@ def slurm_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
     """job id -> (STATE, reason or exit code), the freshest word on each: sacct (:func:`parse_sacct`) for
     jobs that ended, squeue (the controller's live view) for those it still lists whose accounting record
     is missing or not final (slurmdbd lags: a task that started, or even ended, can be only in the array's
-    PENDING record for seconds; one that left the queue is reported ending). None when neither command answers (no SLURM client here, controller down)."""
+    PENDING record for seconds; one that left the queue is reported ending). None when neither command
+    answers (no SLURM client here, controller down)."""
     if not job_ids:
         return {}
     bases = sorted({j.split("_")[0] for j in job_ids})

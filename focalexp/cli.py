@@ -667,7 +667,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override the spec: base.train.epochs=1, grid.model.focal_levels=[0,4], seeds=[0,1], "
                         "launcher.partition=gpu (repeatable)")
-    p.add_argument("--retry-failed", action="store_true", help="also resubmit failed and cancelled runs")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="also resubmit failed and cancelled runs, and killed or timed-out ones past "
+                   "launcher.max_retries (their count starts again)")
     p.add_argument("--wait", action="store_true", help="SLURM: follow the sweep until every run ended")
     p.add_argument("--json", action="store_true", help="--dry-run: print the runs as JSON")
     p.add_argument("--yes", action="store_true", help=f"go ahead with more than {10_000:,} runs")

@@ -142,8 +142,9 @@ def test_process_group_sigkilled_at_random_moments_then_rerun_every_run_done_onc
             _wait_group_dead(proc.pid)
         kills.append((phase, seen, alive, round(time.time() - t0, 1)))
         states = status(sw)
-        assert {s.state for s in states} <= {"killed", "missing", "done"}, (phase, [(s.state, s.reason)
-                                                                                   for s in states])
+        # never failed: killed, or missing/stopped when it died before its job was recorded; all resubmitted
+        assert {s.state for s in states} <= {"killed", "missing", "stopped", "done"}, (
+            phase, [(s.state, s.reason) for s in states])
         assert all(s.charged is False for s in states if s.state == "killed")  # not the run's fault: no bound
         _checkpoints_load(sw)
     assert all(seen and alive for _, seen, alive, _ in kills), kills  # every trial killed a sweep at work

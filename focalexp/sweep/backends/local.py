@@ -155,10 +155,13 @@ class LocalBackend(Backend):
     def executor(self, spec, folder, **options) -> Any:
         """submitit's local executor, its jobs run by our controller (:mod:`.local_controller`: the same,
         plus an exit record saying how the job's tasks ended)."""
+        from submitit.local.local import LocalExecutor as Theirs
+
         from .local_controller import LocalExecutor
 
         ex = super().executor(spec, folder, **options)
-        ex._executor.__class__ = LocalExecutor  # a subclass adding no state: the one method differs
+        if type(ex._executor) is Theirs:  # not a subclass's other executor (debug: in-process)
+            ex._executor.__class__ = LocalExecutor  # a subclass adding no state: the one method differs
         return ex
 
     def event_fields(self, job: Any) -> dict[str, Any]:

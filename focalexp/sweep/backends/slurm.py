@@ -24,6 +24,7 @@ DEFAULT_MAX_ARRAY = 1001
 
 _RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "STOPPED", "RESIZING", "SIGNALING", "STAGE_OUT"}
 _REQUEUED = {"REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED", "RESV_DEL_HOLD"}
+LAGGING = "left the queue; sacct has not recorded how it ended yet"
 _LIVE = {"PENDING", *_RUNNING, *_REQUEUED}  # not final: squeue's live word beats sacct's
 _ENDED_BADLY = {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT"}
 _JOB_ID = re.compile(r"^\d+(_\d+)?$")  # what scancel is given: a job or an array task, nothing else
@@ -110,7 +111,7 @@ def slurm_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
         if sq is not None:  # not final in sacct, gone from the queue: it ended, its accounting lags behind
             for j in live:
                 if j in states and j not in queued and states[j][0] in _LIVE:
-                    states[j] = ("COMPLETING", "ended; sacct has not recorded how yet")
+                    states[j] = ("COMPLETING", LAGGING)
     return states
 
 
@@ -266,15 +267,18 @@ class SlurmBackend(Backend):
 
         job_id = str(job["job_id"])
         rstat = (result or {}).get("status")
-        if sched is None:
+        if sched is None or sched == ("COMPLETING", LAGGING):  # nothing, or nothing final, about its end
             claim = read_claim(sweep.run_dir(run_id))
             if claim and holder_alive(claim):
                 return JobState("running")
             err = submitit_error(job, sweep)
             if err:
                 return JobState("failed", err)
-            return JobState("killed", f"job {job_id} is gone without a result and the scheduler has no record of "
-                                      "it", charged=False)
+            if rstat in ("stopped", "interrupted"):  # the task stopped itself, with a checkpoint
+                return JobState("stopped", (result or {}).get("reason", "") or f"job {job_id} stopped early")
+            return JobState("killed", f"job {job_id} is gone without a result and the scheduler has no "
+                                      + ("record of how it ended yet" if sched else "record of it"),
+                            None if sched is None else sched[0], charged=False)
         state, why = sched
         if state == "PENDING":
             return JobState("requeued" if rstat in ("running", "interrupted") else "queued", "", state)

@@ -104,8 +104,7 @@ class LocalExecutor(_local.LocalExecutor):
                "SUBMITIT_STDERR_TO_STDOUT": "1" if p.get("stderr_to_stdout", False) else "",
                "SUBMITIT_EXECUTOR": "local", "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus),
                "SUBMITIT_LOCAL_WITH_SHELL": "1" if setup else ""}
-        cmd: Any = [sys.executable, "-m", CONTROLLER_MODULE,
-                    str(self.folder)]
+        cmd: Any = [sys.executable, "-m", CONTROLLER_MODULE, str(self.folder)]
         if setup:  # launcher.setup: a shell runs its lines, then the controller (whose job id is the shell's pid)
             cmd = " && ".join(setup + [shlex.join(cmd)])
         process = subprocess.Popen(cmd, shell=bool(setup), env=env)

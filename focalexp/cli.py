@@ -46,10 +46,12 @@ EXAMPLES = {
 
 STATE_HELP = (
     "done (result.json says so); running; queued; requeued (preempted or timed out, back in the queue); "
-    "stopped (ended early with a checkpoint: the same sweep command continues it); failed (the reason and the "
-    "log's tail are shown); cancelled; missing (in the manifest, but no job was ever recorded for it: the "
-    "launcher stopped before submitting it; the same sweep command submits it); unknown (the scheduler "
-    "does not answer)."
+    "stopped (ended early with a checkpoint: the same sweep command continues it); killed (a signal, out of "
+    "memory, a lost node, or its launcher's process group: the same sweep command resubmits it, at most "
+    "launcher.max_retries times in a row); timeout (its time limit: resubmitted the same way); failed (the task "
+    "raised: the reason and the log's tail are shown; --retry-failed resubmits it); cancelled; missing (in "
+    "the manifest, but no job was ever recorded for it: the launcher stopped before submitting it; the same "
+    "sweep command submits it); unknown (the scheduler does not answer)."
 )
 # commands that never need torch before their work starts: the sweep engine validates thousands of runs,
 # and every user error comes back in well under a second (export: flags and --out are checked first)
@@ -403,9 +405,10 @@ def _print_dry_run(plan, axes: list[str], as_json: bool) -> int:
         from collections import Counter
 
         c = Counter(plan.existing.get(r.run_id, "new") for r in plan.runs)
-        again = sum(v for k, v in c.items() if k in ("new", "missing", "stopped"))
+        again = sum(v for k, v in c.items() if k in ("new", "missing", "stopped", "killed", "timeout")) - len(plan.held)
         print(f"in {plan.sweep_dir}: " + ", ".join(f"{v} {k}" for k, v in c.items())
-              + f"; the sweep would submit {again} (failed/cancelled ones with --retry-failed)")
+              + f"; the sweep would submit {again} (failed/cancelled"
+              + (f" and {len(plan.held)} held killed" if plan.held else "") + " ones with --retry-failed)")
     if t["train_pmacs"] is not None:
         line = f"compute: {t['train_pmacs']:.4g} PMACs of training (3 x forward GMACs x images x epochs)"
         if any_gpu:
@@ -446,20 +449,46 @@ def _counts(states) -> dict[str, int]:
     return counts(states)
 
 
+def _killed_line(states, sweep_dir) -> str | None:
+    """One line for the killed and timed-out runs of a sweep: whether the same command resubmits them."""
+    from .sweep import SweepDir
+    from .sweep.status import RETRIED, max_retries, retry_hold
+
+    ended = [s for s in states if s.state in RETRIED]
+    if not ended:
+        return None
+    bound = max_retries(SweepDir(sweep_dir))
+    again = [s for s in ended if retry_hold(s, bound) is None]
+    held = len(ended) - len(again)
+    words = " or ".join(w for w, k in (("killed", "killed"), ("timed out", "timeout"))
+                        if any(s.state == k for s in ended))
+    n = len(ended)
+    line, them = f"{n} run{'s were' if n != 1 else ' was'} {words}", "them" if n != 1 else "it"
+    if again and not held:
+        return line + f"; the same command resubmits {them}"
+    if not again:
+        return line + f"; the same command leaves {them} (see the reasons); --retry-failed resubmits {them}"
+    return line + f"; the same command resubmits {len(again)}, --retry-failed the other {held}"
+
+
 def _summarize_sweep(sweep_dir) -> int:
-    """After a sweep ended: its status line, the report table, and exit 1 if a run failed."""
+    """After a sweep ended: its status line, the report table; exit 0 when every run is done, else 1 (a
+    line says whether the same command resubmits what was killed)."""
     from .sweep import report, status
 
     states = status(sweep_dir)
     files = report(sweep_dir)
     print((files["markdown"]).read_text().strip())
     print(f"\nreport: {', '.join(str(p) for p in files.values())}")
-    failed = [s for s in states if s.state in ("failed", "cancelled")]
-    for s in failed:
+    bad = [s for s in states if s.state in ("failed", "cancelled", "killed", "timeout")]
+    for s in bad:
         print(f"{s.state}: run {s.run_id} ({', '.join(f'{k}={v}' for k, v in s.axes.items())}): {s.reason}",
               file=sys.stderr)
     print("status: " + ", ".join(f"{v} {k}" for k, v in _counts(states).items()))
-    return 1 if failed else 0
+    line = _killed_line(states, sweep_dir)
+    if line:
+        print(line)
+    return 1 if bad else 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -475,14 +504,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps([{k: v for k, v in s.to_dict().items() if k != "result"} for s in states], indent=1))
     else:
         rows = [[s.run_id] + [_axis_cell(s.axes.get(a)) for a in axes] + [
-            str(s.seed), s.state, s.job_id or "-", _fmt_g((s.result or {}).get("top1"), 2)
-            if (s.result or {}).get("top1") is not None else "-", (s.reason or "")[:80]] for s in states]
-        print(_table(rows, ["run"] + axes + ["seed", "state", "job", "top-1", "reason"]))
+            str(s.seed), s.state, s.job_id or "-", str(s.attempts), _fmt_g((s.result or {}).get("top1"), 2)
+            if (s.result or {}).get("top1") is not None else "-", (s.reason or "")[:100]] for s in states]
+        print(_table(rows, ["run"] + axes + ["seed", "state", "job", "tries", "top-1", "reason"]))
         for s in states:
-            if s.state in ("failed", "cancelled") and s.log_tail:
+            if s.state in ("failed", "cancelled", "killed", "timeout") and s.log_tail:
                 print(f"\n--- {s.run_id} ({s.state}) {s.log}:")
                 print("\n".join("  " + ln for ln in s.log_tail))
         print("\n" + ", ".join(f"{v} {k}" for k, v in _counts(states).items()))
+        line = _killed_line(states, args.dir)
+        if line:
+            print(line)
         from pathlib import Path
 
         from .sweep import SETTLED
@@ -640,7 +672,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override the spec: base.train.epochs=1, grid.model.focal_levels=[0,4], seeds=[0,1], "
                         "launcher.partition=gpu (repeatable)")
-    p.add_argument("--retry-failed", action="store_true", help="also resubmit failed and cancelled runs")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="also resubmit failed and cancelled runs, and killed or timed-out ones past "
+                   "launcher.max_retries (their count starts again)")
     p.add_argument("--wait", action="store_true", help="SLURM: follow the sweep until every run ended")
     p.add_argument("--json", action="store_true", help="--dry-run: print the runs as JSON")
     p.add_argument("--yes", action="store_true", help=f"go ahead with more than {10_000:,} runs")

@@ -236,3 +236,66 @@ def test_a_job_held_in_the_queue_across_an_edit_runs_the_snapshot(tmp_path):
     assert a["slurm"]["job_id"] and a["slurm"]["nodelist"] and a["job"]["backend"] == "slurm"
     df = collect(sw, write=False)
     assert list(df["code_commit"]) == [head] and list(df["code_snapshot"]) == [str(snap)]
+
+
+def test_a_running_array_task_reads_running_while_its_throttled_siblings_pend(tmp_path):
+    """A throttled array (4 tasks, one at a time): while it runs, sacct -X lags (a task that started is for
+    seconds only in the array's PENDING record, or has its own record beside it); the task squeue saw
+    running is never reported pending or requeued (the freshest record wins), and the throttle is seen
+    holding the others."""
+    from focalexp.sweep.backends.slurm import slurm_states
+
+    out = subprocess.run(["sbatch", "--parsable", "--array=0-3%1", "-o", str(tmp_path / "%A_%a.out"), "-t", "2",
+                          "--mem=100M", "-c", "1", "--wrap", "sleep 2"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    job = out.stdout.strip().split(";")[0]
+    ids = [f"{job}_{i}" for i in range(4)]
+    started: set[str] = set()
+    seen_throttled = False
+    try:
+        end = time.time() + 60
+        while time.time() < end:
+            sq = subprocess.run(["squeue", "-h", "-r", "-j", job, "-o", "%i|%T"], capture_output=True, text=True,
+                                timeout=30).stdout
+            truth = dict(ln.split("|") for ln in sq.split() if "|" in ln)
+            started |= {j for j, s in truth.items() if s == "RUNNING"}
+            ours = slurm_states(ids)
+            for j in started:  # once running (no requeue here), never pending again
+                assert ours.get(j, ("?",))[0] not in ("PENDING", "REQUEUED"), (j, ours, truth)
+            states = {s for s, _ in ours.values()}
+            seen_throttled |= "RUNNING" in states and "PENDING" in states
+            if len(ours) == 4 and states == {"COMPLETED"}:
+                break
+            time.sleep(0.3)
+    finally:
+        subprocess.run(["scancel", job], capture_output=True, timeout=30)
+    assert started == set(ids) and seen_throttled
+    assert {s for s, _ in slurm_states(ids).values()} == {"COMPLETED"}
+
+
+def test_a_sigkilled_task_reads_killed_and_the_same_command_resubmits_it(tmp_path):
+    """The task of a running job SIGKILLed (what the OOM killer does): sacct has the job FAILED 9:0 and its
+    step killed by signal 9; status reads killed (not failed) with the signal, and the same sweep command
+    resubmits the run, the attempt recorded."""
+    import signal
+
+    spec = spec_for({"model.focal_levels": [2]}, train={"epochs": 30})
+    r = sweep_cli(tmp_path, spec)
+    assert r.returncode == 0, r.stdout + r.stderr
+    sw = tmp_path / "sw"
+    (st,) = status(sw)
+    rd = sw / "runs" / st.run_id
+    claim = wait_for(lambda: (rd / "claim.json").exists() and json.loads((rd / "claim.json").read_text()), 240,
+                     every=0.2)
+    os.kill(int(claim["pid"]), signal.SIGKILL)  # a one-node cluster: the task is a process of this machine
+    st = wait_for(lambda: next((s for s in status(sw) if s.state not in ("running", "queued")), None), 120)
+    st = wait_for(lambda: next((s for s in status(sw) if "signal 9" in s.reason), None), 60)
+    assert st.state == "killed" and "signal 9 (SIGKILL)" in st.reason and st.charged, (st.state, st.reason)
+    r = sweep_cli(tmp_path, spec)
+    try:
+        assert "submitted 1 (slurm)" in r.stdout, r.stdout + r.stderr
+        (st,) = status(sw)
+        assert st.attempts == 2 and st.state in ("queued", "running")
+    finally:
+        cancel(sw)

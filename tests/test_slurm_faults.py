@@ -23,9 +23,6 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "slurm-local.sh"
 MARK = "# written by focalexp scripts/slurm-local.sh"
-# The states a run killed for memory may read: "killed" (issue 15's new state, with reason "out of memory");
-# "failed" until that lands. Once it has: KILLED_STATES = ("killed",)
-KILLED_STATES = ("killed", "failed")
 
 
 def _local_cluster() -> str | None:
@@ -120,9 +117,8 @@ def test_a_run_killed_for_memory_reads_killed_out_of_memory_within_60_s(tmp_path
     st = wait_for(killed, 60, every=1)
     took = time.time() - t0
     print(f"\nkilled for memory: '{st['state']}: {st['reason']}' in status {took:.1f} s after the submission")
-    assert st["state"] in KILLED_STATES and st["scheduler_state"] == "OUT_OF_MEMORY", st
-    # "out of memory" (the killed state's reason); until then the scheduler's OUT_OF_MEMORY in the reason
-    assert "out of memory" in st["reason"].lower().replace("_", " "), st
+    assert st["state"] == "killed" and st["scheduler_state"] == "OUT_OF_MEMORY", st
+    assert "killed: out of memory" in st["reason"], st
     # slurmstepd's line, for the user: the cgroup's oom killer, or the RSS sampling (slurm-local.sh's fallback)
     assert any("oom-kill" in line or "exceeded memory limit" in line for line in st["log_tail"]), st["log_tail"]
     assert not (sw / "runs" / st["run_id"] / "result.json").exists() or \

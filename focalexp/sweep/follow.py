@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .spec import Run, SweepSpec
-from .status import RunState, run_states
+from .status import RunState, retry_hold, run_states
 from .store import SweepDir
 
 # states a run does not leave by itself: waiting for them is over
-SETTLED = ("done", "failed", "cancelled", "stopped", "missing")
+SETTLED = ("done", "failed", "cancelled", "stopped", "killed", "timeout", "missing")
 
 
 @dataclass
@@ -29,6 +29,7 @@ class DryRun:
     estimates: dict[str, dict[str, Any]]  # run id -> the task's estimate
     totals: dict[str, Any]
     existing: dict[str, str] = field(default_factory=dict)  # run id -> state, for a sweep dir that exists
+    held: set[str] = field(default_factory=set)  # killed/timed-out runs a re-run would leave (retry_hold)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.spec.name, "task": self.spec.task, "dir": str(self.sweep_dir), "backend": self.backend,
@@ -55,14 +56,17 @@ def dry_run(spec: SweepSpec, sweep_dir: str | Path, runs: list[Run] | None = Non
         reason = f"launcher.cluster: {spec.launcher.cluster}"
     sweep = SweepDir(sweep_dir)
     existing: dict[str, str] = {}
+    held: set[str] = set()
     if sweep.manifest_path.is_file():
         try:
             if sweep.manifest().get("name") == spec.name:
-                existing = {s.run_id: s.state for s in run_states(sweep)}
+                states = run_states(sweep)
+                existing = {s.run_id: s.state for s in states}
+                held = {s.run_id for s in states if retry_hold(s, spec.launcher.max_retries)}
         except Exception:  # noqa: BLE001 - a damaged sweep dir is reported by `launch`, not by a dry run
-            existing = {}
+            existing, held = {}, set()
     return DryRun(spec, Path(sweep_dir), backend, reason, runs, {r["run_id"]: r for r in rows},
-                  estimate_totals(spec, rows), existing)
+                  estimate_totals(spec, rows), existing, held)
 
 
 def wait(sweep_dir: str | Path, *, poll_s: float = 5.0, on_poll: Callable[[list[RunState]], None] | None = None,

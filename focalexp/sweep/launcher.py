@@ -7,8 +7,10 @@ submission and a "submitted" line (job id, log paths) after it (:meth:`Submissio
 :mod:`focalexp.sweep.snapshot`).
 
 Re-running is safe and idempotent: runs that are done are skipped, queued/running ones are left
-alone, missing and stopped ones are (re)submitted, failed and cancelled ones only with
-``retry_failed``.
+alone, missing and stopped ones are (re)submitted, killed and timed-out ones too (at most
+``launcher.max_retries`` times in a row; a run killed twice for out of memory is held), failed and
+cancelled ones only with ``retry_failed``. Each submission's "submitted" line records its attempt number
+and the ending it follows (:class:`Plan`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from .. import provenance
 from .backends import Backend, find_backend, get_backend
 from .job import RunJob, request_cancel
 from .spec import LauncherConfig, Run, SweepSpec
-from .status import RunState, run_states
+from .status import DEFAULT_MAX_RETRIES, RETRIED, RunState, retry_hold, run_states
 from .store import SweepDir
 
 ACTIVE = ("queued", "running", "requeued")  # states whose job a cancel stops
@@ -46,27 +48,42 @@ def task_settings(spec: SweepSpec) -> dict[str, Any]:
 class Plan:
     submit: list[Run]
     skip: dict[str, list[str]]  # state -> run ids left alone
+    # run id -> what its next "submitted" line records: attempt number, the ending before it ("after"), and
+    # whether that ending counts toward launcher.max_retries; "forced": --retry-failed (the count restarts)
+    attempts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def plan(runs: list[Run], states: dict[str, RunState], retry_failed: bool) -> Plan:
-    submit, skip = [], {}
+def plan(runs: list[Run], states: dict[str, RunState], retry_failed: bool,
+         max_retries: int = DEFAULT_MAX_RETRIES) -> Plan:
+    """What a launch (re)submits: missing and stopped runs; killed and timed-out ones unless
+    :func:`~focalexp.sweep.status.retry_hold` holds them (``max_retries`` in a row, or out of memory twice);
+    with ``retry_failed`` also failed, cancelled and held ones. Done, queued and running runs are left alone."""
+    submit, skip, attempts = [], {}, {}
     for r in runs:
         st = states.get(r.run_id)
         state = st.state if st else "missing"
-        again = state in ("missing", "stopped") or (retry_failed and state in ("failed", "cancelled"))
+        forced = retry_failed and state in ("failed", "cancelled", *RETRIED)
+        again = forced or state in ("missing", "stopped") or (
+            state in RETRIED and st is not None and retry_hold(st, max_retries) is None)
         if again:
             submit.append(r)
+            attempts[r.run_id] = {"attempt": (st.attempts if st else 0) + 1,
+                                  "after": state if st and st.attempts else None}
+            if st and st.attempts:
+                attempts[r.run_id].update(charged=st.charged, oom=st.oom, forced=forced)
         else:
             skip.setdefault(state, []).append(r.run_id)
-    return Plan(submit, skip)
+    return Plan(submit, skip, attempts)
 
 
 class Submission:
     """One launch's submissions, made the same way whatever the backend: a backend's ``submit`` hands
     each group of runs to :meth:`send` with its executor."""
 
-    def __init__(self, spec: SweepSpec, sweep: SweepDir, backend: Backend) -> None:
+    def __init__(self, spec: SweepSpec, sweep: SweepDir, backend: Backend,
+                 attempts: dict[str, dict[str, Any]] | None = None) -> None:
         self.spec, self.sweep, self.backend = spec, sweep, backend
+        self.attempts = attempts or {}  # run id -> its attempt's fields in jobs.jsonl (Plan.attempts)
         self.settings = task_settings(spec)
         self.code = None  # the code snapshot the jobs run from (launcher.snapshot), made at the first send
         # what the jobs' provenance.json says of the submission; the working directory's git state as it is now
@@ -97,7 +114,7 @@ class Submission:
         name = self.backend.name
         code = self.snapshot()
         for r in runs:
-            self.sweep.record(event="submitting", run_id=r.run_id, cluster=name)
+            self.sweep.record(event="submitting", run_id=r.run_id, cluster=name, **self.attempts.get(r.run_id, {}))
         # sbatch hands the caller's environment to the job, and a local job inherits it: SLURM_* of an
         # enclosing job would leak in (a sweep launched from inside a job stays where it was sent)
         with submitit.helpers.clean_env(), running_from(code):
@@ -111,7 +128,8 @@ class Submission:
         return jobs
 
     def _event(self, job: Any, run: Run) -> dict[str, Any]:
-        ev = {"event": "submitted", "run_id": run.run_id, "job_id": str(job.job_id), "cluster": self.backend.name}
+        ev = {"event": "submitted", "run_id": run.run_id, "job_id": str(job.job_id), "cluster": self.backend.name,
+              **self.attempts.get(run.run_id, {})}
         try:
             paths = job.paths
             ev.update(stdout=str(paths.stdout), stderr=str(paths.stderr), result_pickle=str(paths.result_pickle))
@@ -131,11 +149,13 @@ def _prepare_retry(sweep: SweepDir, run: Run) -> None:
 
 
 def submit_runs(spec: SweepSpec, sweep: SweepDir, runs: list[Run], backend: Backend,
-                progress: Callable[[int, int], None] | None = None) -> list[Any]:
-    """Submit ``runs`` through ``backend`` (SLURM returns at once; local and debug when the runs ended)."""
+                progress: Callable[[int, int], None] | None = None,
+                attempts: dict[str, dict[str, Any]] | None = None) -> list[Any]:
+    """Submit ``runs`` through ``backend`` (SLURM returns at once; local and debug when the runs ended);
+    ``attempts``: what each run's "submitted" line records of its attempt (:attr:`Plan.attempts`)."""
     for r in runs:
         _prepare_retry(sweep, r)
-    return backend.submit(Submission(spec, sweep, backend), runs, progress)
+    return backend.submit(Submission(spec, sweep, backend, attempts), runs, progress)
 
 
 @dataclass
@@ -150,11 +170,11 @@ def launch_runs(spec: SweepSpec, sweep: SweepDir, runs: list[Run], backend: Back
                 progress: Callable[[int, int], None] | None = None) -> LaunchOutcome:
     """Under the sweep's lock: plan against the current states, write the manifest, submit what needs it."""
     with sweep.lock():
-        p = plan(runs, current_states(sweep), retry_failed)
+        p = plan(runs, current_states(sweep), retry_failed, spec.launcher.max_retries)
         sweep.write_manifest(spec, runs, backend.name)
         out = LaunchOutcome(backend.name, [r.run_id for r in p.submit], p.skip)
         if p.submit:
-            jobs = submit_runs(spec, sweep, p.submit, backend, progress)
+            jobs = submit_runs(spec, sweep, p.submit, backend, progress, p.attempts)
             out.job_ids = [str(j.job_id) for j in jobs]
     return out
 

@@ -58,6 +58,9 @@ class LauncherConfig:
         None, "runs at once (SLURM: the array throttle, default 256; local: default cores / cpus_per_task)", min=1)
     setup: list[str] = _f([], "shell lines run before each job (module load, conda activate, ...)")
     max_num_timeout: int = _f(3, "requeues allowed after time-outs (preemptions always requeue)", min=0)
+    max_retries: int = _f(2, "times in a row a re-run of the sweep resubmits a run that was killed (a signal, out "
+                          "of memory, a lost node) or timed out; past it, or killed twice for out of memory, the "
+                          "run waits for --retry-failed", min=0)
     signal_delay_s: int = _f(90, "seconds before the time limit at which the job is told to save", min=0)
     max_array_size: Optional[int] = _f(None, "split arrays above this many runs (default: the cluster's "
                                        "MaxArraySize, or 1001)", min=1)

@@ -6,13 +6,14 @@
     SWEEP/sweep.json       manifest: format (the layout's version, :data:`FORMAT`; none: 1), name, axes,
                            cluster, one entry per run (id, axes, seed) - atomic
     SWEEP/jobs.jsonl       append-only log: a "submitting" line before each submission, a "submitted"
-                           line (job id, log paths) after; a torn last line is ignored
+                           line (job id, log paths, attempt number, the ending it follows) after; a torn
+                           last line is ignored
     SWEEP/runs/ID/         run dir: run.json (axes + config, written before submission), claim.json (the
                            job running it), cancel.json (a job `focalexp cancel` stopped), provenance.json
                            (code, environment, job: one entry per attempt), then what the task writes
                            (config.yaml, metrics.jsonl, last.pth, best.pth, result.json)
     SWEEP/logs/JOBID/      submitit's pickles and job logs (SLURM, debug; local jobs: SWEEP/logs/RUN_ID/,
-                           files named by the job's pid)
+                           files named by the job's pid, and PID_exit.json: how its tasks ended)
     SWEEP/snapshots/TIME-PID/  the code the jobs of one submission run from (``launcher.snapshot``)
     SWEEP/.lock            held by the launcher (flock) while it submits; holds its pid
 

@@ -19,13 +19,21 @@ Progress = Callable[[int, int], None]
 @dataclass
 class JobState:
     """A backend's verdict on one run whose job is recorded and whose run dir holds no final result:
-    ``state`` is one of :data:`focalexp.sweep.status.STATES` (running, queued, requeued, stopped, failed,
-    cancelled, unknown), ``reason`` says why where it is not plain, ``scheduler_state`` is the
-    scheduler's own word (SLURM's ``PENDING``, ``FAILED``...) where there is a scheduler."""
+    ``state`` is one of :data:`focalexp.sweep.status.STATES` (running, queued, requeued, stopped, killed,
+    timeout, failed, cancelled, unknown), ``reason`` says why where it is not plain, ``scheduler_state`` is
+    the scheduler's own word (SLURM's ``PENDING``, ``FAILED``...) where there is a scheduler.
+
+    ``failed`` is for a task that raised (its exception is the reason); a job that ended with neither a
+    result nor an exception is ``killed`` (the signal, or "out of memory" with ``oom`` set, where the
+    scheduler or the kernel says so) or ``timeout``. ``charged``: whether this ending counts toward
+    ``launcher.max_retries`` (False where nothing says the job itself was at fault, e.g. a local job that
+    vanished with its launcher's process group)."""
 
     state: str
     reason: str = ""
     scheduler_state: str | None = None
+    oom: bool = False
+    charged: bool = True
 
 
 class Backend:
@@ -126,3 +134,13 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"<backend {self.name!r}: {type(self).__module__}.{type(self).__qualname__}>"
+
+
+def signal_text(signum: int) -> str:
+    """``9`` -> "signal 9 (SIGKILL)"."""
+    import signal
+
+    try:
+        return f"signal {signum} ({signal.Signals(signum).name})"
+    except ValueError:
+        return f"signal {signum}"

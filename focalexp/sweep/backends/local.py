@@ -2,8 +2,10 @@
 launcher follows them to the end (Ctrl-C stops them with a checkpoint).
 
 State: the run dir's claim (the task's host and pid) and the job's process, then submitit's result
-pickle (read as plain data, only inside the sweep dir). Cancel: SIGINT to the job's tasks, as Ctrl-C
-(a training run saves ``last.pth`` and stops), each pid first checked to be a submitit process of the run.
+pickle (read as plain data, only inside the sweep dir), then the exit record the job's controller leaves
+(:mod:`.local_controller`: the signal that killed a task, the OOM killer, a time-out). Cancel: SIGINT to
+the job's tasks, as Ctrl-C (a training run saves ``last.pth`` and stops), each pid first checked to be a
+submitit process of the run.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any, Mapping
 
 from ...errors import ConfigError
 from ...fileio import usable_cores
-from .base import Backend, JobState
+from .base import Backend, JobState, signal_text
 
 
 def machine_memory_gb() -> float | None:
@@ -65,7 +67,10 @@ def _role(pid: int | None, sweep, run_id: str) -> str | None:
         return None
     if "-m submitit.core._submit " in cmd and not cmd.startswith(("/bin/sh ", "sh ")):
         return "task"
-    if "-m submitit.local._local " in cmd and not cmd.startswith(("/bin/sh ", "sh ")):
+    from .local_controller import CONTROLLER_MODULE
+
+    if any(f"-m {m} " in cmd for m in ("submitit.local._local", CONTROLLER_MODULE)) \
+            and not cmd.startswith(("/bin/sh ", "sh ")):
         return "controller"
     return None  # e.g. the shell of launcher.setup: its controller is among its children
 
@@ -103,6 +108,31 @@ def longest_first(spec, runs: list) -> list:
     return sorted(runs, key=lambda r: -cost.get(r.run_id, 0.0))
 
 
+REQUEUE_CODE = 144  # submitit.local.local.LOCAL_REQUEUE_RETURN_CODE: a task asks its controller to restart it
+
+
+def exit_record(sweep, run_id: str, job: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The exit record the job's controller left (:mod:`.local_controller`), if it is this job's: its id
+    (from jobs.jsonl, a user file) a pid, the record written after the job was submitted."""
+    import json
+
+    job_id = str(job.get("job_id"))
+    if not job_id.isdigit():
+        return None
+    from .local_controller import exit_record_path
+
+    try:
+        rec = json.loads(exit_record_path(sweep.logs / run_id, job_id).read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(rec, dict) or str(rec.get("job_id")) != job_id or not isinstance(rec.get("codes"), list):
+        return None
+    t, since = rec.get("time"), job.get("time")
+    if isinstance(t, (int, float)) and isinstance(since, (int, float)) and t < since - 60:
+        return None  # a reused pid's old record
+    return rec
+
+
 class LocalBackend(Backend):
     name = "local"
     description = ("processes on this machine, launcher.array_parallelism at a time (default cores / "
@@ -133,6 +163,18 @@ class LocalBackend(Backend):
 
     def executor_parameters(self, lc) -> dict[str, Any]:
         return {"local_setup": list(lc.setup)} if lc.setup else {}
+
+    def executor(self, spec, folder, **options) -> Any:
+        """submitit's local executor, its jobs run by our controller (:mod:`.local_controller`: the same,
+        plus an exit record saying how the job's tasks ended)."""
+        from submitit.local.local import LocalExecutor as Theirs
+
+        from .local_controller import LocalExecutor
+
+        ex = super().executor(spec, folder, **options)
+        if type(ex._executor) is Theirs:  # not a subclass's other executor (debug: in-process)
+            ex._executor.__class__ = LocalExecutor  # a subclass adding no state: the one method differs
+        return ex
 
     def event_fields(self, job: Any) -> dict[str, Any]:
         return {"pid": int(job.job_id)}  # a local job's id is its controller's pid
@@ -196,10 +238,35 @@ class LocalBackend(Backend):
         if err:
             return JobState("failed", err)
         rstat = (result or {}).get("status")
-        if rstat in ("running", "interrupted", "stopped") or (rd / "last.pth").exists():
-            return JobState("stopped", (result or {}).get("reason", "") or
-                            "stopped before the end; a re-run continues it")
-        return JobState("failed", f"job {job['job_id']} ended without a result")
+        if rstat in ("interrupted", "stopped"):  # the task itself stopped early, with a checkpoint
+            return JobState("stopped", (result or {}).get("reason", "")
+                            or "stopped before the end; a re-run continues it")
+        return self._ending(job, sweep, run_id)
+
+    def _ending(self, job: Mapping[str, Any], sweep, run_id: str) -> JobState:
+        """How a job that left neither a result nor an exception ended, from its controller's exit record
+        (:mod:`.local_controller`); none: the controller died too (the launcher's whole process group was
+        killed, or the machine went down), which says nothing against the run."""
+        job_id = str(job["job_id"])
+        rec = exit_record(sweep, run_id, job)
+        if rec is None:
+            return JobState("killed", f"job {job_id}: the job's processes ended without a result (killed?)",
+                            charged=False)
+        codes = [c for c in rec["codes"] if isinstance(c, int)]
+        if REQUEUE_CODE in codes:  # a record of a wait before the job requeued itself: not how it ended
+            return JobState("killed", f"job {job_id}: the job's processes ended without a result (killed?)",
+                            charged=False)
+        if rec.get("timed_out") is True:
+            return JobState("timeout", f"job {job_id} ran past launcher.timeout_min")
+        signals = sorted({-c for c in codes if c < 0})
+        if signals:
+            oom = signals == [9] and isinstance(rec.get("oom_kills"), int) and rec["oom_kills"] > 0
+            how = "out of memory (the kernel's OOM killer: signal 9)" if oom else signal_text(signals[0])
+            return JobState("killed", f"job {job_id}'s task was killed: {how}", oom=oom)
+        bad = [c for c in codes if c > 0]
+        if bad:
+            return JobState("failed", f"job {job_id}'s task exited with code {bad[0]} and no result")
+        return JobState("killed", f"job {job_id} ended without a result", charged=False)
 
     def cancel(self, sweep, jobs) -> list[str]:
         """SIGINT to each job's tasks, as Ctrl-C would: a training run saves last.pth at its next step and

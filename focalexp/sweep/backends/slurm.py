@@ -1,9 +1,10 @@
 """SLURM through submitit: job arrays (split at the cluster's MaxArraySize), submitted and left to the
 scheduler; the launcher returns at once.
 
-State: ``sacct`` once for every job of the sweep; where accounting is off or a job is too fresh for it,
-``squeue`` fills in. A job that neither knows and that left no result is reported as lost, never
-waited on. Cancel: one ``scancel`` for every job.
+State: ``sacct`` once for every job of the sweep (a task's own record over its array's); where accounting is
+off or a job is too fresh for it, ``squeue`` fills in. A job that neither knows and that left no result is
+reported as killed, never waited on. A task that raised is failed; OUT_OF_MEMORY, NODE_FAIL and a signal
+in the exit code are killed, TIMEOUT and DEADLINE timeout. Cancel: one ``scancel`` for every job.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ...errors import ConfigError, FocalexpError, did_you_mean
-from .base import Backend, JobState
+from .base import Backend, JobState, signal_text
 
 DEFAULT_MAX_ARRAY = 1001
 
 _RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "STOPPED", "RESIZING", "SIGNALING", "STAGE_OUT"}
 _REQUEUED = {"REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED", "RESV_DEL_HOLD"}
-_FAILED = {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT"}
+LAGGING = "left the queue; sacct has not recorded how it ended yet"
+_LIVE = {"PENDING", *_RUNNING, *_REQUEUED}  # not final: squeue's live word beats sacct's
+_ENDED_BADLY = {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT"}
 _JOB_ID = re.compile(r"^\d+(_\d+)?$")  # what scancel is given: a job or an array task, nothing else
 
 
@@ -55,32 +58,61 @@ def expand_ids(token: str) -> list[str]:
     return out
 
 
-def slurm_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
-    """job id -> (STATE, reason or exit code); from sacct, then squeue for what sacct lacks.
-    None when neither command answers (no SLURM client here, controller down)."""
+def parse_sacct(text: str) -> dict[str, tuple[str, str]]:
+    """``sacct -X -P -n --format JobID,State,ExitCode,Reason`` -> job id -> (STATE, "exit CODE[, reason]").
+
+    A task's own record wins over an array record that expands to it: while an array runs, sacct returns
+    both ``9_3|RUNNING`` and the not-yet-updated ``9_[3-4%5]|PENDING`` of the tasks still waiting, and the
+    task that already started is running, not pending (nor requeued). Among records equally specific, the
+    later line wins."""
     states: dict[str, tuple[str, str]] = {}
+    own: set[str] = set()  # ids set by a record of their own
+    for line in text.splitlines():
+        parts = line.split("|")
+        if len(parts) < 4 or not parts[1].strip():
+            continue
+        jid, state, code, reason = (p.strip() for p in parts[:4])
+        state = state.split()[0]  # "CANCELLED by 0" -> CANCELLED
+        value = (state, f"exit {code}" + (f", {reason}" if reason and reason != "None" else ""))
+        ids = expand_ids(jid)
+        if ids == [jid]:
+            states[jid] = value
+            own.add(jid)
+        else:
+            for j in ids:
+                if j not in own:
+                    states[j] = value
+    return states
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
+    """job id -> (STATE, reason or exit code), the freshest word on each: sacct (:func:`parse_sacct`) for
+    jobs that ended, squeue (the controller's live view) for those it still lists whose accounting record
+    is missing or not final (slurmdbd lags: a task that started, or even ended, can be only in the array's
+    PENDING record for seconds; one that left the queue is reported ending). None when neither command
+    answers (no SLURM client here, controller down)."""
     if not job_ids:
-        return states
+        return {}
     bases = sorted({j.split("_")[0] for j in job_ids})
     out = _run(["sacct", "-X", "-P", "-n", "-j", ",".join(bases), "--format", "JobID,State,ExitCode,Reason"])
-    for line in (out or "").splitlines():
-        parts = line.split("|")
-        if len(parts) < 4:
-            continue
-        jid, state, code, reason = parts[:4]
-        state = state.split()[0]  # "CANCELLED by 0" -> CANCELLED
-        for j in expand_ids(jid):
-            states[j] = (state, f"exit {code}" + (f", {reason}" if reason and reason != "None" else ""))
-    missing = [j for j in job_ids if j not in states]
-    if missing:
+    states = parse_sacct(out or "")
+    live = [j for j in job_ids if j not in states or states[j][0] in _LIVE]
+    if live:
         sq = _run(["squeue", "-h", "-r", "-o", "%i|%T|%r"])
         if out is None and sq is None:
             return None
+        queued: set[str] = set()
         for line in (sq or "").splitlines():
             parts = line.split("|")
             if len(parts) == 3:
                 for j in expand_ids(parts[0]):
-                    states.setdefault(j, (parts[1], parts[2]))
+                    queued.add(j)
+                    if j not in states or states[j][0] in _LIVE:
+                        states[j] = (parts[1], parts[2])
+        if sq is not None:  # not final in sacct, gone from the queue: it ended, its accounting lags behind
+            for j in live:
+                if j in states and j not in queued and states[j][0] in _LIVE:
+                    states[j] = ("COMPLETING", LAGGING)
     return states
 
 
@@ -131,6 +163,30 @@ def memory_kills(failed: Mapping[str, str | None]) -> set[str]:
         if _OOM_LOG.search(tail):
             killed.add(jid)
     return killed
+
+
+def step_signal(job_id: str) -> int | None:
+    """The signal that killed a step of the job (sacct without -X: ``107.0|CANCELLED|0:9``), None if none.
+    A task that srun ran and SIGKILL ended shows in the job's own record only as ``FAILED 9:0``."""
+    if not _JOB_ID.match(job_id):
+        return None
+    for line in (_run(["sacct", "-P", "-n", "-j", job_id, "--format", "JobID,ExitCode"]) or "").splitlines():
+        jid, _, code = line.partition("|")
+        m = re.fullmatch(r"\d+:(\d+)", code.strip())
+        if jid.startswith(job_id + ".") and m and int(m.group(1)):
+            return int(m.group(1))
+    return None
+
+
+def exit_signal(why: str) -> int | None:
+    """The signal in sacct's ExitCode ("exit 0:9" -> 9; "exit 137:0", a shell's 128 + 9, -> 9), or None."""
+    m = re.match(r"exit (\d+):(\d+)", why)
+    if not m:
+        return None
+    code, sig = int(m.group(1)), int(m.group(2))
+    if sig:
+        return sig
+    return code - 128 if 128 < code < 160 else None
 
 
 def _sinfo_nodes() -> list[dict[str, Any]] | None:
@@ -282,18 +338,25 @@ class SlurmBackend(Backend):
 
     def _state(self, run_id: str, job: Mapping[str, Any], sched: tuple[str, str] | None, sweep,
                result: dict | None) -> JobState:
-        from ..job import holder_alive, read_claim
+        from ..job import cancelled_job, holder_alive, read_claim
         from ..status import submitit_error
 
         job_id = str(job["job_id"])
         rstat = (result or {}).get("status")
-        if sched is None:
+        if sched is None or sched == ("COMPLETING", LAGGING):  # nothing, or nothing final, about its end
             claim = read_claim(sweep.run_dir(run_id))
             if claim and holder_alive(claim):
                 return JobState("running")
+            if cancelled_job(sweep.run_dir(run_id)) == job_id:  # accounting off: the run dir knows
+                return JobState("cancelled", f"job {job_id} cancelled (focalexp cancel)")
             err = submitit_error(job, sweep)
-            return JobState("failed", err or f"job {job_id} is gone without a result and the scheduler has no "
-                                             "record of it")
+            if err:
+                return JobState("failed", err)
+            if rstat in ("stopped", "interrupted"):  # the task stopped itself, with a checkpoint
+                return JobState("stopped", (result or {}).get("reason", "") or f"job {job_id} stopped early")
+            return JobState("killed", f"job {job_id} is gone without a result and the scheduler has no "
+                                      + ("record of how it ended yet" if sched else "record of it"),
+                            None if sched is None else sched[0], charged=False)
         state, why = sched
         if state == "PENDING":
             return JobState("requeued" if rstat in ("running", "interrupted") else "queued", "", state)
@@ -303,9 +366,26 @@ class SlurmBackend(Backend):
             return JobState("running", "", state)
         if state.startswith("CANCELLED"):
             return JobState("cancelled", f"job {job_id} cancelled ({why})", state)
-        if state in _FAILED:
-            err = submitit_error(job, sweep)
-            return JobState("failed", f"{state} ({why})" + (f": {err}" if err else ""), state)
+        err = submitit_error(job, sweep) if state in _ENDED_BADLY else None
+        more = f": {err}" if err else ""
+        # the scheduler's word first: a task that raised because a worker was OOM-killed was killed for memory
+        if state == "OUT_OF_MEMORY":
+            return JobState("killed", f"job {job_id} killed: out of memory ({why}){more}", state, oom=True)
+        if state in ("NODE_FAIL", "BOOT_FAIL"):
+            return JobState("killed", f"job {job_id} killed: node failure ({state}, {why}){more}", state)
+        if state in ("TIMEOUT", "DEADLINE"):
+            return JobState("timeout", f"job {job_id} reached its time limit ({state}, {why}){more}", state)
+        if err:  # the task raised: failed, with its exception
+            return JobState("failed", f"{state} ({why}){more}", state)
+        if state == "FAILED":  # no exception: a signal in its exit code or in one of its steps' is a kill
+            sig = exit_signal(why) or step_signal(job_id)
+            if sig is not None:
+                return JobState("killed", f"job {job_id} killed: {signal_text(sig)} ({why})", state)
+            if why.startswith("exit 0:0"):  # sacct has not recorded the exit yet (it does within seconds)
+                return JobState("killed", f"job {job_id} ended with neither exit code nor exception yet (killed?)",
+                                state, charged=False)
+        if state in _ENDED_BADLY:
+            return JobState("failed", f"{state} ({why})", state)
         if state == "COMPLETED":
             claim = read_claim(sweep.run_dir(run_id))
             if claim and claim.get("job_id") != job_id and holder_alive(claim):

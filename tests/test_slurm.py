@@ -30,14 +30,18 @@ def _cluster_up() -> str | None:
     """None when a cluster answers with a usable node; else why not."""
     if shutil.which("sinfo") is None or shutil.which("srun") is None:
         return "no SLURM client on PATH (start one with: sudo scripts/slurm-local.sh start)"
-    try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
-    except subprocess.TimeoutExpired:
-        return "sinfo timed out"
-    states = out.stdout.split()
-    if out.returncode != 0 or not any(s.rstrip("*") in ("idle", "mixed", "allocated") for s in states):
-        return f"no usable SLURM node (sinfo: {out.stdout.strip() or out.stderr.strip()})"
-    return None
+    end = time.time() + 60  # a node still completing the previous module's last job is usable in seconds
+    while True:
+        try:
+            out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
+        except subprocess.TimeoutExpired:
+            return "sinfo timed out"
+        states = out.stdout.split()
+        if out.returncode == 0 and any(s.rstrip("*") in ("idle", "mixed", "allocated") for s in states):
+            return None
+        if out.returncode != 0 or "completing" not in states or time.time() > end:
+            return f"no usable SLURM node (sinfo: {out.stdout.strip() or out.stderr.strip()})"
+        time.sleep(1)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -262,7 +262,7 @@ class LocalBackend(Backend):
         if signals:
             oom = signals == [9] and isinstance(rec.get("oom_kills"), int) and rec["oom_kills"] > 0
             how = "out of memory (the kernel's OOM killer: signal 9)" if oom else signal_text(signals[0])
-            return JobState("killed", f"job {job_id}'s task was killed: {how}", oom=oom)
+            return JobState("killed", f"{how} (job {job_id}'s task)", oom=oom)
         bad = [c for c in codes if c > 0]
         if bad:
             return JobState("failed", f"job {job_id}'s task exited with code {bad[0]} and no result")

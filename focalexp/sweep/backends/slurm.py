@@ -316,8 +316,8 @@ class SlurmBackend(Backend):
         """Corrects ``sched`` (sacct's word first) for the runs without a final result. A job that sacct says
         ended and that ``squeue`` lists as pending or running takes squeue's state: for about a second after
         its node fails, sacct reads a job NODE_FAIL that the controller has already requeued. A job that ended
-        FAILED, or that the scheduler does not know, and that was killed for memory (:func:`memory_kills`)
-        reads OUT_OF_MEMORY."""
+        FAILED, or that the scheduler does not know (or not yet how it ended), and that was killed for memory
+        (:func:`memory_kills`) reads OUT_OF_MEMORY."""
         from ..status import in_sweep
 
         open_runs = {rid: str(ev["job_id"]) for rid, ev in jobs.items()
@@ -329,7 +329,7 @@ class SlurmBackend(Backend):
         failed = {}
         for rid, jid in open_runs.items():
             ev = jobs[rid]
-            if jid not in sched or sched[jid][0] == "FAILED":
+            if jid not in sched or sched[jid][0] == "FAILED" or sched[jid] == ("COMPLETING", LAGGING):
                 log = in_sweep(sweep, ev.get("stderr"))
                 failed[jid] = str(log) if log else None
         for jid in memory_kills(failed):
@@ -370,9 +370,9 @@ class SlurmBackend(Backend):
         more = f": {err}" if err else ""
         # the scheduler's word first: a task that raised because a worker was OOM-killed was killed for memory
         if state == "OUT_OF_MEMORY":
-            return JobState("killed", f"job {job_id} killed: out of memory ({why}){more}", state, oom=True)
+            return JobState("killed", f"out of memory (job {job_id}, {why}){more}", state, oom=True)
         if state in ("NODE_FAIL", "BOOT_FAIL"):
-            return JobState("killed", f"job {job_id} killed: node failure ({state}, {why}){more}", state)
+            return JobState("killed", f"node failure (job {job_id}, {state}, {why}){more}", state)
         if state in ("TIMEOUT", "DEADLINE"):
             return JobState("timeout", f"job {job_id} reached its time limit ({state}, {why}){more}", state)
         if err:  # the task raised: failed, with its exception
@@ -380,7 +380,7 @@ class SlurmBackend(Backend):
         if state == "FAILED":  # no exception: a signal in its exit code or in one of its steps' is a kill
             sig = exit_signal(why) or step_signal(job_id)
             if sig is not None:
-                return JobState("killed", f"job {job_id} killed: {signal_text(sig)} ({why})", state)
+                return JobState("killed", f"{signal_text(sig)} (job {job_id}, {why})", state)
             if why.startswith("exit 0:0"):  # sacct has not recorded the exit yet (it does within seconds)
                 return JobState("killed", f"job {job_id} ended with neither exit code nor exception yet (killed?)",
                                 state, charged=False)

@@ -70,40 +70,47 @@ def _chunk(n: int, rng: np.random.Generator, size: int, max_objects: int, min_ra
         b, l, k = np.nonzero(ok)
         img[b, :, pts[b, l, k, 1], pts[b, l, k, 0]] = line_colour[b, l]
 
-    yy, xx = np.mgrid[0:S, 0:S]
+    yy, xx = np.mgrid[0:S, 0:S].astype(np.int16)  # int16 throughout: (S - 1)^2 * 2 < 2^15 for S <= 128
+    cx, cy, r16 = cx.astype(np.int16), cy.astype(np.int16), r.astype(np.int16)
     shape = np.empty((n, M, S, S), bool)
     frame = np.empty((n, M, S, S), bool)
     for m in range(M):
         dx = xx[None] - cx[:, m, None, None]
         dy = yy[None] - cy[:, m, None, None]
-        rm = r[:, m, None, None]
+        rm = r16[:, m, None, None]
         kind = cls[:, m, None, None]
-        cheb = np.maximum(np.abs(dx), np.abs(dy))
+        adx = np.abs(dx)
+        cheb = np.maximum(adx, np.abs(dy))
         square = cheb <= rm
         disk = dx * dx + dy * dy <= rm * rm + rm
-        tri = (np.abs(dy) <= rm) & (2 * np.abs(dx) <= dy + rm)
+        tri = (np.abs(dy) <= rm) & (2 * adx <= dy + rm)
         on = active[:, m, None, None]
         shape[:, m] = np.where(kind == 0, square, np.where(kind == 2, tri, disk)) & on
         frame[:, m] = (cheb > rm + GAP) & (cheb <= rm + GAP + THICK) & (framed[:, m, None, None] & on)
 
+    # what shows at each pixel: object m (m), a frame (M) or the background (M + 1); later ones on top
+    top = np.full((n, S, S), M + 1, np.int8)
     covered = np.zeros((n, S, S), bool)
     visible = np.empty_like(shape)
     frame_seen = np.zeros((n, M), np.int64)
-    for m in reversed(range(M)):  # later objects (and their frames) hide earlier ones
+    for m in reversed(range(M)):
         visible[:, m] = shape[:, m] & ~covered
-        frame_seen[:, m] = (frame[:, m] & ~covered).sum((1, 2))
+        seen = frame[:, m] & ~covered
+        frame_seen[:, m] = np.count_nonzero(seen, axis=(1, 2))
+        top[visible[:, m]] = m
+        top[seen] = M
         covered |= shape[:, m] | frame[:, m]
-    for m in range(M):
-        img = np.where(frame[:, m, None], FRAME[None, :, None, None], img)
-        img = np.where(shape[:, m, None], colour[:, m, :, None, None], img)
+    table = np.concatenate([colour, np.broadcast_to(FRAME, (n, 1, 3)), np.zeros((n, 1, 3), np.int16)], 1)
+    painted = table[np.arange(n)[:, None, None], top].transpose(0, 3, 1, 2)  # (n, 3, S, S)
+    img = np.where((top == M + 1)[:, None], img, painted)
     if noise:
         img = img + rng.integers(-noise, noise + 1, img.shape, dtype=np.int16)
     img = np.clip(img, 0, 255).astype(np.uint8)
 
     ring = (2 * (r + GAP + THICK) + 1) ** 2 - (2 * (r + GAP) + 1) ** 2
     cls = np.where((cls == 3) & (2 * frame_seen < ring), 1, cls)  # a target that lost its frame is a disk
-    keep = active & (visible.sum((2, 3)) >= max(1, min_visible))
-    return img, cls, visible, keep, active, shape.sum((2, 3))
+    keep = active & (np.count_nonzero(visible, axis=(2, 3)) >= max(1, min_visible))
+    return img, cls, visible, keep, active, np.count_nonzero(shape, axis=(2, 3))
 
 
 def generate_shapes(

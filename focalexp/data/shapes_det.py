@@ -133,20 +133,21 @@ def generate_shapes(
     from pycocotools import mask as mask_utils
 
     max_radius = max_radius if max_radius is not None else max(min_radius, size // 6)
-    if not 1 <= min_radius <= max_radius or size < 2 * max_radius + 1:
-        raise ValueError(f"need 1 <= min_radius <= max_radius and size >= 2 * max_radius + 1, got "
-                         f"min_radius={min_radius}, max_radius={max_radius}, size={size}")
+    if not 1 <= min_radius <= max_radius or not 2 * max_radius + 1 <= size <= 128 or not 1 <= max_objects <= 100:
+        raise ValueError(f"need 1 <= min_radius <= max_radius, 2 * max_radius + 1 <= size <= 128 and 1 <= "
+                         f"max_objects <= 100, got min_radius={min_radius}, max_radius={max_radius}, size={size}, "
+                         f"max_objects={max_objects}")
     images, anns, parts = [], [], []
     for start in range(0, n, chunk):
         rng = np.random.default_rng([seed, start // chunk])
-        img, cls, visible, keep, _, _ = _chunk(min(chunk, n - start), rng, size, max_objects, min_radius, max_radius,
-                                         frame_rate, lines, noise, min_visible)
+        img, cls, visible, keep, _, _ = _chunk(min(chunk, n - start), rng, size, max_objects, min_radius,
+                                               max_radius, frame_rate, lines, noise, min_visible)
         parts.append(img)
         rows = visible.any(3)  # (n, M, S): which rows hold visible pixels
         cols = visible.any(2)
         y0, x0 = rows.argmax(-1), cols.argmax(-1)
         y1, x1 = size - 1 - rows[..., ::-1].argmax(-1), size - 1 - cols[..., ::-1].argmax(-1)
-        area = visible.sum((2, 3))
+        area = np.count_nonzero(visible, axis=(2, 3))
         for i in range(len(img)):
             image_id = start + i + 1
             images.append({"id": image_id, "width": size, "height": size,

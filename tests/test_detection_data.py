@@ -21,7 +21,10 @@ from pycocotools import mask as mask_utils  # a declared dependency: missing, th
 from pycocotools.cocoeval import COCOeval
 
 
-BLIND_AP_MAX = 0.8  # measured: see the README
+BLIND_AP_MAX = 0.8  # measured 0.757 on 2,048 images (disk 0.53, target 0.50, square and triangle 1.0): README
+
+# pycocotools 2.0.11's decode under NumPy 2 warns on every call (its own np.array(copy=False)); not ours
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +39,10 @@ def test_same_seed_same_bytes_other_seed_differs():
     assert a_img.dtype == np.uint8 and a_img.shape == (40, 3, 64, 64)
     assert a_img.tobytes() == b_img.tobytes() and json.dumps(a) == json.dumps(b)
     assert a_img.tobytes() != c_img.tobytes() and json.dumps(a["annotations"]) != json.dumps(c["annotations"])
-    # chunks are independent: a shorter bank is a prefix of a longer one
+    # chunks are independent: the whole chunks of a shorter bank are a prefix of a longer one
     d_img, d = generate_shapes(20, seed=1, chunk=16)
-    assert d_img.tobytes() == a_img[:20].tobytes()
-    assert d["annotations"] == [x for x in a["annotations"] if x["image_id"] <= 20]
+    assert d_img[:16].tobytes() == a_img[:16].tobytes() and d_img[16:].tobytes() != a_img[16:20].tobytes()
+    assert [x for x in d["annotations"] if x["image_id"] <= 16] == [x for x in a["annotations"] if x["image_id"] <= 16]
 
 
 def test_ground_truth_against_itself_scores_ap_one(bank):

@@ -236,5 +236,5 @@ class ShapesDetection(Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict]:
-        i = int(i)
+        i = range(len(self))[i]  # negative indices too; out of range: IndexError
         return self.images[i].float().div_(255), coco_target(self._anns[i], i + 1, self.size, self.size)

@@ -300,9 +300,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result.get("status") == "failed":
         print(f"failed: {result.get('reason')}", file=sys.stderr)
         return 1
-    if result.get("write_error"):  # a full disk: stopped, the last checkpoint intact; a re-run continues
+    if result.get("write_error"):  # a full disk: stopped, the last checkpoint intact; a re-run continues.
+        # Exit 2 like any input the user must fix (the promise of the hostile-input table: one line, nothing
+        # more written): the disk, not the run, is at fault
         print(f"focalexp train: stopped: {result.get('reason')}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

@@ -98,17 +98,13 @@ def slurm_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
     states = parse_sacct(out or "")
     live = [j for j in job_ids if j not in states or states[j][0] in _LIVE]
     if live:
-        sq = _run(["squeue", "-h", "-r", "-o", "%i|%T|%r"])
+        sq = queue_states()
         if out is None and sq is None:
             return None
-        queued: set[str] = set()
-        for line in (sq or "").splitlines():
-            parts = line.split("|")
-            if len(parts) == 3:
-                for j in expand_ids(parts[0]):
-                    queued.add(j)
-                    if j not in states or states[j][0] in _LIVE:
-                        states[j] = (parts[1], parts[2])
+        queued = set(sq or ())
+        for j, word in (sq or {}).items():
+            if j not in states or states[j][0] in _LIVE:
+                states[j] = word
         if sq is not None:  # not final in sacct, gone from the queue: it ended, its accounting lags behind
             for j in live:
                 if j in states and j not in queued and states[j][0] in _LIVE:

@@ -231,25 +231,15 @@ class Trainer:
         return torch.device("cpu")
 
     def _build(self) -> None:
-        from timm.data import Mixup
-        from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
         from timm.optim import create_optimizer_v2
         from timm.scheduler import create_scheduler_v2
         from timm.utils import ModelEmaV3
-
-        from ..data.build import build_data
-        from ..models.factory import create_model
 
         cfg, t = self.cfg, self.cfg.train
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
-        self.data = build_data(cfg.data, cfg.seed, in_chans=cfg.model_config().in_chans)
-        self.model = create_model(cfg.model).to(self.device)
-        if t.channels_last:  # conv weights in the layout their gradients arrive in (no DDP bucket copies)
-            self.model = self.model.to(memory_format=torch.channels_last)
-        if t.grad_checkpointing:
-            self.model.set_grad_checkpointing(True)
+        self._build_data_and_model()
         self.lr = t.lr * t.batch_size / t.lr_base_batch
         wd = 0.0 if t.weight_decay_mode == "official_none" else t.weight_decay
         extra = {"eps": t.opt_eps, "betas": tuple(t.betas)} if "adam" in t.opt.lower() or t.opt.lower() == "lamb" else {}
@@ -259,11 +249,49 @@ class Trainer:
         if self.steps_per_epoch < 1:
             raise ConfigError(f"train.batch_size: {t.batch_size} is larger than the training set "
                               f"({len(self.data.train)} images)")  # type: ignore[arg-type]
+        milestones = getattr(t, "decay_milestones", None)  # multistep (a detection recipe's 8 and 11 of 12)
         self.scheduler, _ = create_scheduler_v2(
             self.optimizer, sched=t.sched, num_epochs=t.epochs, warmup_epochs=t.warmup_epochs,
             warmup_lr=t.warmup_lr, min_lr=t.min_lr, decay_epochs=t.decay_epochs, decay_rate=t.decay_rate,
             step_on_epochs=False, updates_per_epoch=self.steps_per_epoch,
+            **({"decay_milestones": list(milestones)} if milestones else {}),
         )
+        self._build_loss()
+        self.ema = ModelEmaV3(self.model, decay=t.ema_decay) if t.ema else None
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.amp)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
+        self.net: nn.Module = self.model
+        if self.dist.world_size > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.find_unused_parameters)
+        if t.compile:
+            self.net = torch.compile(self.net)
+
+    # -- what a task changes: its data and model, its loss, its evaluation, its result
+    primary = "top1"  # the evaluation metric best.pth follows (higher is better)
+    collate = None  # the DataLoader's collate_fn (None: torch's default)
+    find_unused_parameters = False  # DDP
+
+    def _build_data_and_model(self) -> None:
+        """``self.data`` (train, val, num_classes) and ``self.model`` on ``self.device``."""
+        from ..data.build import build_data
+        from ..models.factory import create_model
+
+        cfg, t = self.cfg, self.cfg.train
+        self.data = build_data(cfg.data, cfg.seed, in_chans=cfg.model_config().in_chans)
+        self.model = create_model(cfg.model).to(self.device)
+        if t.channels_last:  # conv weights in the layout their gradients arrive in (no DDP bucket copies)
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if t.grad_checkpointing:
+            self.model.set_grad_checkpointing(True)
+
+    def _build_loss(self) -> None:
+        """``self.criterion`` and ``self.mixup`` (classification)."""
+        from timm.data import Mixup
+        from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+        t = self.cfg.train
         self.mixup = None
         if t.mixup > 0 or t.cutmix > 0:
             self.mixup = Mixup(mixup_alpha=t.mixup, cutmix_alpha=t.cutmix, prob=t.mixup_prob,
@@ -274,15 +302,16 @@ class Trainer:
             self.criterion = LabelSmoothingCrossEntropy(t.smoothing)
         else:
             self.criterion = nn.CrossEntropyLoss()
-        self.ema = ModelEmaV3(self.model, decay=t.ema_decay) if t.ema else None
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.amp)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
-        self.net: nn.Module = self.model
-        if self.dist.world_size > 1:
-            self.net = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if t.compile:
-            self.net = torch.compile(self.net)
+
+    def _loss(self, batch: Any) -> tuple[torch.Tensor, int]:
+        """The training loss of one batch (of this rank) and its number of images."""
+        x, y = batch
+        x, y = self._to_device(x), y.to(self.device)
+        if self.mixup is not None:
+            x, y = self.mixup(x, y)
+        with self._autocast():
+            loss = self.criterion(self.net(x), y)
+        return loss, len(y)
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -420,7 +449,7 @@ class Trainer:
                 self._write(self.out / "provenance.json", lambda: provenance.record_attempt(self.out, self.provenance))
         if main and self.progress is not False:
             c = self.cfg
-            print(f"run {c.run_id}: {c.model.get('preset')} on {c.data.dataset} ({len(self.data.train)} images), "
+            print(f"run {c.run_id}: {self._model_name()} on {c.data.dataset} ({len(self.data.train)} images), "
                   f"recipe {c.recipe}, {c.train.epochs} epochs, {self.device}, {self.dist.world_size} process(es) "
                   f"-> {self.out}", file=sys.stderr)
         result_base = self._result_base()
@@ -435,7 +464,7 @@ class Trainer:
         stop_at = t.epochs if t.stop_after_epochs is None else min(t.epochs, epoch + t.stop_after_epochs)
         self.trackers = Trackers(t.trackers if main and epoch < stop_at else (), TrackedRun(
             self.cfg.run_id, self.out, self.cfg.to_dict(), self.global_step,
-            f"{self.cfg.model.get('preset')} {self.cfg.data.dataset} seed {self.cfg.seed} ({self.cfg.run_id})"))
+            f"{self._model_name()} {self.cfg.data.dataset} seed {self.cfg.seed} ({self.cfg.run_id})"))
         self._window = [0.0, 0, 0.0]  # loss sum, images, seconds since the trackers' last per-step log
         self._pending: tuple | None = None
         status = "failed"
@@ -513,7 +542,7 @@ class Trainer:
             self.data.train.set_epoch(epoch)
         sampler = EpochBatches(len(self.data.train), t.batch_size, self.dist, self.cfg.seed, epoch, start)
         loader = torch.utils.data.DataLoader(self.data.train, batch_sampler=sampler, num_workers=self.cfg.data.workers,
-                                             pin_memory=self.device.type == "cuda")
+                                             pin_memory=self.device.type == "cuda", collate_fn=self.collate)
         self.net.train()
         show = self.dist.is_main and (self.progress if self.progress is not None else sys.stderr.isatty())
         from tqdm import tqdm
@@ -522,15 +551,11 @@ class Trainer:
                    leave=False, dynamic_ncols=True)
         step = start
         t0 = time.perf_counter()
-        for x, y in loader:
-            x, y = self._to_device(x), y.to(self.device)
-            if self.mixup is not None:
-                x, y = self.mixup(x, y)
-            with self._autocast():
-                loss = self.criterion(self.net(x), y)
+        for batch in loader:
+            loss, n_batch = self._loss(batch)
             # one small collective per step: the global loss for the log, a non-finite flag and a stop
             # flag, so that every rank fails or stops at the same step
-            stats = torch.tensor([loss.item() * len(y), len(y), 0.0 if math.isfinite(loss.item()) else 1.0,
+            stats = torch.tensor([loss.item() * n_batch, n_batch, 0.0 if math.isfinite(loss.item()) else 1.0,
                                   float(stops.caught is not None)], dtype=torch.float64, device=self.device)
             stats = all_reduce_sum(stats, self.dist).cpu()
             self._flush_log()  # the step logged last: its grad norm is ready now (the .cpu() above waited)
@@ -622,19 +647,29 @@ class Trainer:
         self._flush_log()
         self.trackers.log(epoch_scalars(row), self.global_step)
         self.running = {"loss_sum": 0.0, "count": 0, "seconds": 0.0, "samples": 0}
+        p = self.primary
         if self.dist.is_main and self.progress is not False:  # one plain line per epoch (job logs, pipes)
-            acc = f", top-1 {row['top1']:.2f}" if "top1" in row else ""
+            acc = f", {self._metric_name(p)} {row[p]:.2f}" if row.get(p) is not None else ""
             print(f"epoch {epoch}/{t.epochs}: loss {row['train_loss']:.4f}{acc}, {row['images_per_s']:.0f} img/s, "
                   f"{row['epoch_seconds']:.1f} s", file=sys.stderr, flush=True)
         if self.dist.is_main:
             self._write(self.out / "metrics.jsonl", self._write_metrics)
-            if "top1" in row and row["top1"] > self.best_top1:
-                self.best_top1 = row["top1"]
-                self._write(self.out / "best.pth", lambda: save_model(
-                    self.model, self.out / "best.pth", extra={"epoch": epoch, "top1": row["top1"]}))
-        if "top1" in row:
-            self.best_top1 = max(self.best_top1, row["top1"])
+            if row.get(p) is not None and row[p] > self.best_top1:
+                self.best_top1 = row[p]
+                self._write(self.out / "best.pth", lambda: self._save_best(epoch, row))
+        if row.get(p) is not None:
+            self.best_top1 = max(self.best_top1, row[p])
         self._save_last(epoch, 0)
+
+    def _model_name(self) -> str:
+        return str(self.cfg.model.get("preset") or self.cfg.model.get("timm"))
+
+    @staticmethod
+    def _metric_name(key: str) -> str:
+        return {"top1": "top-1", "box_ap": "box AP"}.get(key, key)
+
+    def _save_best(self, epoch: int, row: dict) -> None:
+        save_model(self.model, self.out / "best.pth", extra={"epoch": epoch, self.primary: row[self.primary]})
 
     # -- result
     def _result_base(self) -> dict:
@@ -670,25 +705,30 @@ def _first_difference(a: Any, b: Any, key: str = "") -> str:
 
 
 def train(cfg: RunConfig, out: str | os.PathLike, *, resume: str | os.PathLike | None = None,
-          progress: bool | None = None, nproc: int = 1, provenance: Mapping[str, Any] | None = None) -> dict:
+          progress: bool | None = None, nproc: int = 1, provenance: Mapping[str, Any] | None = None,
+          kind: str = "train") -> dict:
     """Run one training + evaluation; returns the result dict (also in ``out/result.json``).
 
     ``provenance``: record this attempt in ``out/provenance.json`` with that origin (``cwd``, ``argv``,
     ``time``) once every check passed (``focalexp train``; a sweep's job records its own).
 
     ``nproc`` > 1 trains on that many local processes (DDP: gloo on CPU, nccl with one GPU each); the
-    run dir and ``resume`` are checked once, here, before any process starts."""
+    run dir and ``resume`` are checked once, here, before any process starts.
+
+    ``kind``: ``train`` (a classifier, ``cfg`` a :class:`RunConfig`) or ``detect`` (a detector,
+    :class:`focalexp.detection.config.DetectConfig`; :mod:`focalexp.detection.trainer`)."""
     from .config import check_nproc
+    from .multiprocess import trainer_for
 
     check_nproc(nproc)
     check_out_dir(cfg, Path(out))
     if nproc == 1:
-        return Trainer(cfg, out, resume=resume, progress=progress, provenance=provenance).run()
+        return trainer_for(kind)[1](cfg, out, resume=resume, progress=progress, provenance=provenance).run()
     from .multiprocess import train_multiprocess
 
     find_resume(out, cfg, resume)  # bad input answers here, once, in one line
     train_multiprocess(cfg.to_dict(), str(out), nproc, progress, None if resume is None else str(resume),
-                       None if provenance is None else dict(provenance))
+                       None if provenance is None else dict(provenance), kind)
     return json.loads((Path(out) / "result.json").read_text())
 
 
@@ -803,8 +843,9 @@ def check_out_dir(cfg: RunConfig, out: Path) -> None:
         raw = load_yaml(saved, "--out")
         if not isinstance(raw, dict):
             raise ConfigError(f"--out: '{saved}' is not a focalexp run config; choose another --out")
+        resolve = getattr(cfg, "resolve_saved", None) or (lambda d: resolve_run_config(d, check_data_present=False))
         try:
-            old = resolve_run_config(raw, check_data_present=False).experiment_dict()
+            old = resolve(raw).experiment_dict()
         except FocalexpError as e:
             raise ConfigError(f"--out: '{saved}' is not a run config focalexp can read ({e}); "
                               "choose another --out") from None

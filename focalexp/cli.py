@@ -31,6 +31,10 @@ EXAMPLES = {
     "  focalexp viz --checkpoint runs/demo/best.pth --what gates --img-size 64 --out gates.pdf\n"
     "  focalexp viz --model focalnet_t_srf --what erf --levels 1 2 3 4 --out erf.png\n"
     "  focalexp viz --model focalnet_t_srf --what compare --baseline swin_tiny_patch4_window7_224=swin.pth --out cmp.png",
+    "detect": "focalexp detect --out runs/det   # Shapes-det, Mask R-CNN over focalnet_micro, on the CPU\n"
+    "  focalexp detect --set model.focal_levels=3 --set detector.arch=fcos --out runs/det-fcos\n"
+    "  focalexp detect --set recipe=coco_1x --set model.preset=focalnet_t_lrf --out runs/coco-t-lrf   # $COCO_ROOT\n"
+    "  focalexp detect --set model.timm=swin_tiny_patch4_window7_224 --set model.img_size=64 --out runs/det-swin",
     "flops": "focalexp flops --model focalnet_t_srf\n  focalexp flops --model focalnet_t_lrf --set focal_levels=4 "
     "--by module --depth 2\n  focalexp flops --model focalnet_b_srf --img-size 384 --json",
     "export": "focalexp export runs/demo/best.pth --to hf --out exports/demo-hf\n"
@@ -55,7 +59,7 @@ STATE_HELP = (
 )
 # commands that never need torch before their work starts: the sweep engine validates thousands of runs,
 # and every user error comes back in well under a second (export: flags and --out are checked first)
-LIGHT_COMMANDS = ("sweep", "status", "collect", "report", "train", "export")
+LIGHT_COMMANDS = ("sweep", "status", "collect", "report", "train", "detect", "export")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -308,6 +312,43 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_detect(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import provenance
+    from .config import parse_set_args
+    from .detection.config import load_detect_config
+    from .fileio import input_file
+    from .train.config import check_nproc
+
+    check_nproc(args.nproc)
+    if args.resume is not None:
+        input_file(args.resume, "--resume")
+    cfg = load_detect_config(args.config, parse_set_args(args.set))
+    out = Path(args.out)
+    from .train.loop import RunInterrupted, train
+
+    try:
+        result = train(cfg, out, resume=args.resume, nproc=args.nproc, provenance=provenance.origin(), kind="detect")
+    except RunInterrupted:
+        print(f"interrupted: {out / 'last.pth'} holds the state; run the same command again to continue",
+              file=sys.stderr)
+        return 130
+    line = {k: result.get(k) for k in ("status", "box_ap", "box_ap50", "mask_ap", "best_box_ap", "epochs_done",
+                                       "train_seconds", "images_per_s", "params", "gmacs")}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in line.items() if v is not None))
+    if result.get("status") == "failed":
+        print(f"failed: {result.get('reason')}", file=sys.stderr)
+        return 1
+    if result.get("write_error"):
+        print(f"focalexp detect: stopped: {result.get('reason')}", file=sys.stderr)
+        return 2
+    return 0
+
+
 # ---------------------------------------------------------------------------- sweep
 def _bar(total: int, desc: str):
     from tqdm import tqdm
@@ -505,10 +546,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([{k: v for k, v in s.to_dict().items() if k != "result"} for s in states], indent=1))
     else:
+        # the score column: top-1 of classifiers, box AP of detectors (whichever the results hold)
+        score = "box_ap" if any("box_ap" in (s.result or {}) for s in states) else "top1"
         rows = [[s.run_id] + [_axis_cell(s.axes.get(a)) for a in axes] + [
-            str(s.seed), s.state, s.job_id or "-", str(s.attempts), _fmt_g((s.result or {}).get("top1"), 2)
-            if (s.result or {}).get("top1") is not None else "-", (s.reason or "")[:100]] for s in states]
-        print(_table(rows, ["run"] + axes + ["seed", "state", "job", "tries", "top-1", "reason"]))
+            str(s.seed), s.state, s.job_id or "-", str(s.attempts), _fmt_g((s.result or {}).get(score), 2)
+            if (s.result or {}).get(score) is not None else "-", (s.reason or "")[:100]] for s in states]
+        print(_table(rows, ["run"] + axes + ["seed", "state", "job", "tries",
+                                             "box AP" if score == "box_ap" else "top-1", "reason"]))
         for s in states:
             if s.state in ("failed", "cancelled", "killed", "timeout") and s.log_tail:
                 print(f"\n--- {s.run_id} ({s.state}) {s.log}:")
@@ -538,7 +582,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
     else:
         import pandas as pd
 
-        cols = [c for c in ["run_id", *df.attrs["axes"], "seed", "status", "top1", "top5", "params", "gmacs",
+        cols = [c for c in ["run_id", *df.attrs["axes"], "seed", "status", "top1", "top5", "box_ap", "mask_ap",
+                            "box_ap_context", "params", "gmacs",
                             "train_seconds", "images_per_s"] if c in df.columns]
         with pd.option_context("display.width", 200, "display.max_columns", 30):
             print(df[cols].to_string(index=False))
@@ -659,6 +704,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="preset to train (replaces the config's model section)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a dotted key, e.g. train.epochs=2 or model.focal_levels=3 (repeatable)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", metavar="PATH", help="continue from this last.pth (default: DIR/last.pth if present)")
+    p.add_argument("--nproc", type=int, default=1, help="local processes (DDP: gloo on CPU, nccl on GPU)")
+    p.add_argument("--json", action="store_true", help="print result.json")
+
+    p = add("detect", cmd_detect, "Train and evaluate one detector (torchvision Mask R-CNN, Faster R-CNN, RetinaNet "
+            "or FCOS over a FocalNet or timm backbone; COCOeval); resumes from DIR/last.pth.")
+    p.add_argument("config", nargs="?", help="detection run config YAML (sections: recipe, seed, model, detector, "
+                   "data, train, eval); none: the det_cpu_small recipe (Shapes-det on the CPU)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a dotted key, e.g. model.focal_levels=3, detector.arch=fcos, recipe=coco_1x "
+                        "(repeatable)")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", metavar="PATH", help="continue from this last.pth (default: DIR/last.pth if present)")
     p.add_argument("--nproc", type=int, default=1, help="local processes (DDP: gloo on CPU, nccl on GPU)")

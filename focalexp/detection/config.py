@@ -90,8 +90,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "det_cpu_small": {
         "model": {"preset": "focalnet_micro", "patch_size": 4},
         "detector": {"arch": "maskrcnn", "fpn_channels": 64, "anchor_scale": 2.0, "min_size": [64], "max_size": 64,
-                     "representation_size": 256, "mask_channels": 64, "mask_layers": 2,
-                     "rpn_batch_size_per_image": 128, "box_batch_size_per_image": 64,
+                     "representation_size": 256, "mask_channels": 32, "mask_layers": 1,
+                     "rpn_batch_size_per_image": 128, "box_batch_size_per_image": 32,
                      "rpn_proposals_train": 300, "rpn_proposals_test": 150, "detections_per_img": 50},
         "data": {"dataset": "shapes", "img_size": 64, "train_size": 2000, "val_size": 500},
         "train": {"epochs": 4, "batch_size": 16, "lr": 1e-3, "lr_base_batch": 16, "warmup_epochs": 0.25,
@@ -196,7 +196,8 @@ def resolve_detect_config(raw: Mapping[str, Any] | None = None, overrides: Mappi
             raise ConfigError(key=str(k), unknown=True, suggestion=hits[0] if hits else None)
     recipe = _recipe_name(raw, overrides)
     merged = deep_merge(copy.deepcopy(RECIPES[recipe]), raw)
-    if "model" in raw and isinstance(raw["model"], Mapping) and ("timm" in raw["model"]) != ("timm" in merged["model"]):
+    recipe_kind = "timm" if "timm" in RECIPES[recipe]["model"] else "preset"
+    if isinstance(raw.get("model"), Mapping) and ({"timm", "preset"} - {recipe_kind}) & set(raw["model"]):
         merged["model"] = dict(raw["model"])  # a timm backbone replaces the recipe's FocalNet (and back)
     merged["recipe"] = recipe
     model_over = {k: v for k, v in overrides.items() if k in ("model.timm", "model.preset")}

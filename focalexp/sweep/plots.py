@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import stats
 from .collect import METRICS
+from .reporting import ACCURACY_METRICS
 
 
 def sweep_figures(df, tables, out: Path, formats: tuple[str, ...]) -> dict[str, Path]:
@@ -45,12 +46,12 @@ def sweep_figures(df, tables, out: Path, formats: tuple[str, ...]) -> dict[str, 
         ax.set_ylabel(METRICS[primary])
         ax.set_title(f"{df.attrs['name']}: {METRICS[primary]} vs {axis}\n({what})", fontsize=9)
         files.update(_save(fig, out / f"{primary}_vs_{axis.replace('.', '_')}", formats))
-    if primary == "top1" and "gmacs" in done.columns and done["gmacs"].notna().any():
+    if primary in ACCURACY_METRICS and "gmacs" in done.columns and done["gmacs"].notna().any():
         fig, ax = plt.subplots(figsize=(4.8, 3.4))
         arms = tables.arm_numbers
         g = stats.arm_stats(df, "gmacs", keys, "t")
         if several:
-            sns.scatterplot(data=done, x="gmacs", y="top1", ax=ax, alpha=0.35, color="C0", label="one seed")
+            sns.scatterplot(data=done, x="gmacs", y=primary, ax=ax, alpha=0.35, color="C0", label="one seed")
         lo = (arms["mean"] - arms["lo"]).fillna(0).clip(lower=0)
         hi = (arms["hi"] - arms["mean"]).fillna(0).clip(lower=0)
         ax.errorbar(g["mean"], arms["mean"], yerr=[lo, hi], fmt="o", color="C3", capsize=3,
@@ -60,10 +61,10 @@ def sweep_figures(df, tables, out: Path, formats: tuple[str, ...]) -> dict[str, 
                         textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.margins(x=0.2, y=0.1)
         ax.set_xlabel("GMACs per image (fvcore)")
-        ax.set_ylabel(METRICS["top1"])
-        ax.set_title(f"{df.attrs['name']}: accuracy vs compute")
+        ax.set_ylabel(METRICS[primary])
+        ax.set_title(f"{df.attrs['name']}: {'accuracy' if primary == 'top1' else METRICS[primary]} vs compute")
         ax.legend(fontsize=7)
-        files.update(_save(fig, out / "top1_vs_gmacs", formats))
+        files.update(_save(fig, out / f"{primary}_vs_gmacs", formats))
     paired = tables.paired
     if paired is not None and (~paired["is_baseline"] & paired["delta"].notna()).any():
         rows = paired[~paired["is_baseline"] & paired["delta"].notna()]

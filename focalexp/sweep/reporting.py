@@ -23,6 +23,7 @@ from .spec import PaperResults, ReportOptions
 from .store import SweepDir
 
 _SCALE = {"params": 1e-6}
+ACCURACY_METRICS = ("top1", "box_ap")  # what a run of a task scores, in order: a report compares the first found
 _NO_SPREAD = ("params", "gmacs", "gmacs_elementwise", "epochs_done")  # the same for every seed
 DASH = "—"
 
@@ -142,7 +143,7 @@ def build_tables(df, *, method: str = "t", baseline: Mapping[str, Any] | None = 
         return out
     if metric is None:
         metric = paper.metric if paper is not None and paper.metric in metrics else next(
-            (m for m in ("top1", "images_per_s", "train_images_per_s", "gmacs") if m in metrics), metrics[0])
+            (m for m in ACCURACY_METRICS + ("images_per_s", "train_images_per_s", "gmacs") if m in metrics), metrics[0])
     elif metric not in metrics:
         raise ConfigError(f"no finished run reports {metric!r}; metrics here: {', '.join(metrics)}", key="report.metric")
     out.metric = metric

@@ -109,7 +109,7 @@ class ReportOptions:
         "help": "axis -> value: the arm the others are compared with (paired by seed); axes it leaves out "
                 "are compared within their own values"})
     metric: Optional[str] = _f(None, "the metric the intervals and comparisons are of (default: paper.metric, "
-                               "else top1 when the runs report it)", choices=_Metrics())
+                               "else top1 or box_ap when the runs report it)", choices=_Metrics())
 
 
 @dataclass

@@ -10,16 +10,17 @@ The sweep, the launcher and the job on the node know a task only through this in
     settings = task.settings(launcher, options)             # keyword arguments of run()
     result = task.run(task.from_plain(plain), run_dir, settings)   # on the node; writes result.json
 
-Built in: ``train`` (:mod:`focalexp.tasks.train`) and ``measure`` (:mod:`focalexp.tasks.measure`).
+Built in: ``train`` (:mod:`focalexp.tasks.train`), ``measure`` (:mod:`focalexp.tasks.measure`) and
+``detect`` (:mod:`focalexp.tasks.detect`).
 
 Your own task, from your own package: subclass :class:`Task` and either call ``register_task(MyTask())``
 (a notebook, a script) or declare an entry point, which ``focalexp sweep`` finds by name::
 
     # pyproject.toml of your package
     [project.entry-points."focalexp.tasks"]
-    detect = "mypkg.tasks:DetectTask"
+    segment = "mypkg.tasks:SegmentTask"
 
-A spec never names a module to import (``task: mypkg.tasks:DetectTask`` is refused): a spec file is
+A spec never names a module to import (``task: mypkg.tasks:SegmentTask`` is refused): a spec file is
 untrusted input, and importing a module it names would run code; installing a package with an entry
 point is the explicit act of trust.
 """
@@ -96,7 +97,8 @@ def _check_name(name: str) -> None:
 
 
 _TASKS: Plugins[Task] = Plugins(Task, ENTRY_POINT_GROUP, "task", {
-    "train": "focalexp.tasks.train:TrainTask", "measure": "focalexp.tasks.measure:MeasureTask"}, _check_name)
+    "train": "focalexp.tasks.train:TrainTask", "measure": "focalexp.tasks.measure:MeasureTask",
+    "detect": "focalexp.tasks.detect:DetectTask"}, _check_name)
 
 
 def register_task(task: Task | type[Task]) -> Task:

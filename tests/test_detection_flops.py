@@ -140,3 +140,12 @@ def test_bad_detector_flags_exit_2_with_one_line(run, args, needle):
     p = run("flops", *args, check_rc=2)
     assert needle in p.stderr, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr and p.stdout == ""
+
+
+@pytest.mark.parametrize("text,needle", [("- not\n- a config\n", "expected a detection run config"),
+                                         ("recipe: det_cpu_small\nmodel: [1]\n", "model:"),
+                                         ("recipe: coco_2x\n", "unknown recipe 'coco_2x'")])
+def test_a_bad_config_file_exits_2_with_one_line(run, tmp_path, text, needle):
+    (tmp_path / "det.yaml").write_text(text)
+    p = run("flops", "--config", str(tmp_path / "det.yaml"), check_rc=2)
+    assert needle in p.stderr and len(p.stderr.strip().splitlines()) == 1 and p.stdout == ""

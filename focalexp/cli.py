@@ -276,7 +276,8 @@ def _detector_flops(args: argparse.Namespace) -> int:
     digits = 2 if rep.total_gmacs >= 10 else 4
     rows = [[part, f"{rep.gmacs[part]:.{digits}f}", f"{rep.params[part] / 1e6:.{digits}f}",
              PART_HELP[part].format(box_rois=rep.box_rois, mask_rois=rep.mask_rois)] for part in rep.gmacs]
-    rows.append(["total", f"{rep.total_gmacs:.{digits}f}", f"{rep.total_params / 1e6:.{digits}f}", "the whole detector"])
+    rows.append(["total", f"{rep.total_gmacs:.{digits}f}", f"{rep.total_params / 1e6:.{digits}f}",
+                 "the whole detector"])
     p = rep.paper
     if p is not None:
         same = [height, width] == p["size"] and classes == p["num_classes"]

@@ -104,8 +104,8 @@ def test_paper_rows_name_the_detection_kernels():
 
 
 def test_cli_json_has_every_part(run):
-    d = json.loads(run("flops", "--detector", "fasterrcnn", "--model", "focalnet_micro", "--set", "recipe=det_cpu_small",
-                       "--size", "64x96", "--num-classes", "3", "--json").stdout)
+    d = json.loads(run("flops", "--detector", "fasterrcnn", "--model", "focalnet_micro", "--set",
+                       "recipe=det_cpu_small", "--size", "64x96", "--num-classes", "3", "--json").stdout)
     assert set(d["gmacs"]) == set(d["params"]) == {"backbone", "neck", "rpn", "box_head"}
     assert d["total_gmacs"] == pytest.approx(sum(d["gmacs"].values())) and d["paper"] is None
     assert (d["height"], d["width"], d["num_classes"], d["box_rois"], d["mask_rois"]) == (64, 96, 3, 150, None)

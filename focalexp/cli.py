@@ -36,7 +36,10 @@ EXAMPLES = {
     "  focalexp detect --set recipe=coco_1x --set model.preset=focalnet_t_lrf --out runs/coco-t-lrf   # $COCO_ROOT\n"
     "  focalexp detect --set model.timm=swin_tiny_patch4_window7_224 --set model.img_size=64 --out runs/det-swin",
     "flops": "focalexp flops --model focalnet_t_srf\n  focalexp flops --model focalnet_t_lrf --set focal_levels=4 "
-    "--by module --depth 2\n  focalexp flops --model focalnet_b_srf --img-size 384 --json",
+    "--by module --depth 2\n  focalexp flops --model focalnet_b_srf --img-size 384 --json\n"
+    "  focalexp flops --detector maskrcnn --model focalnet_t_srf --set model.focal_windows=9   # the paper's Table 6\n"
+    "  focalexp flops --detector maskrcnn --timm swin_tiny_patch4_window7_224 --size 1280x800\n"
+    "  focalexp flops --config det.yaml --set detector.fpn_channels=128 --json",
     "export": "focalexp export runs/demo/best.pth --to hf --out exports/demo-hf\n"
     "  focalexp export runs/demo/best.pth --to onnx --out exports/demo-onnx\n"
     "  focalexp export focalnet_tiny_srf.pth --model focalnet_t_srf --to timm --out exports/t_srf-timm\n"
@@ -148,6 +151,15 @@ def cmd_flops(args: argparse.Namespace) -> int:
     from .models.resolve import img_size_override, resolve_model_spec
     from .config import parse_set_args
 
+    if args.detector is not None or args.config is not None:
+        return _detector_flops(args)
+    for flag, val in (("--timm", args.timm), ("--size", args.size), ("--num-classes", args.num_classes)):
+        if val is not None:
+            raise FocalexpError(f"{flag}: counts a detector; add --detector ARCH (a classifier is --model NAME)")
+    if args.model is None:
+        raise FocalexpError("the following arguments are required: --model (or --detector ARCH with a backbone)")
+    if args.depth is None:
+        args.depth = 2
     if args.depth < 0:
         raise FocalexpError(f"--depth: expected >= 0, got {args.depth}")
     spec = resolve_model_spec(args.model, parse_set_args(args.set))
@@ -217,6 +229,76 @@ def cmd_flops(args: argparse.Namespace) -> int:
         print(f"\nnot counted in the papers' convention: {total:.4f} GMACs ({ops})")
     print("unsupported ops (no handle; counted nowhere): " + (
         ", ".join(f"{k} x{v}" for k, v in rep.unsupported.items()) if rep.unsupported else "none"))
+    return 0
+
+
+_ARCH_NAMES = {"maskrcnn": "Mask R-CNN", "fasterrcnn": "Faster R-CNN", "retinanet": "RetinaNet", "fcos": "FCOS"}
+
+
+def _parse_size(text: str | None) -> tuple[int, int]:
+    import re
+
+    from .detection.flops import PAPER_SIZE
+
+    if text is None:
+        return PAPER_SIZE
+    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", text)
+    if m is None:
+        raise FocalexpError(f"--size: expected HxW in pixels, height first as mmdet's --shape (e.g. 1280x800), "
+                            f"got '{text}'")
+    return int(m.group(1)), int(m.group(2) or m.group(1))
+
+
+def _detector_flops(args: argparse.Namespace) -> int:
+    """``focalexp flops --detector``: the whole detector, part by part, beside the paper's row."""
+    from .config import parse_set_args
+    from .detection.flops import PART_HELP, detector_flops, flops_config
+    from .errors import ConfigError
+
+    for flag, bad in (("--img-size", args.img_size is not None), ("--by", args.by is not None),
+                      ("--depth", args.depth is not None)):
+        if bad:
+            raise FocalexpError(f"{flag}: a classifier's option; a detector is counted part by part at --size HxW")
+    if args.model is None and args.timm is None and args.config is None:
+        raise FocalexpError("--detector: name the backbone: --model PRESET, --timm NAME or --config det.yaml")
+    height, width = _parse_size(args.size)
+    cfg = flops_config(args.config, model=args.model, timm=args.timm, arch=args.detector,
+                       overrides=parse_set_args(args.set))
+    classes = 80 if args.num_classes is None else args.num_classes
+    try:
+        rep = detector_flops(cfg, height, width, classes)
+    except ConfigError as e:
+        if e.key in ("size", "num_classes"):
+            raise ConfigError(e.message, key="--" + e.key.replace("_", "-")) from None
+        raise
+    if args.json:
+        print(json.dumps(rep.to_dict(), indent=2))
+        return 0
+    kern = "" if rep.kernels is None else " (kernels " + " | ".join(",".join(map(str, k)) for k in rep.kernels) + ")"
+    print(f"{_ARCH_NAMES[rep.arch]} over {rep.backbone_name}{kern}, image {height}x{width} (HxW), "
+          f"{rep.num_classes} classes, batch 1")
+    digits = 2 if rep.total_gmacs >= 10 else 4
+    rows = [[part, f"{rep.gmacs[part]:.{digits}f}", f"{rep.params[part] / 1e6:.{digits}f}",
+             PART_HELP[part].format(box_rois=rep.box_rois, mask_rois=rep.mask_rois)] for part in rep.gmacs]
+    rows.append(["total", f"{rep.total_gmacs:.{digits}f}", f"{rep.total_params / 1e6:.{digits}f}",
+                 "the whole detector"])
+    p = rep.paper
+    if p is not None:
+        same = [height, width] == p["size"] and classes == p["num_classes"]
+        rows.append(["paper", f"{p['gflops']:g}", f"{p['params_m']:g}", p["source"]
+                     + ("" if same else f"; at {p['size'][0]}x{p['size'][1]}, {p['num_classes']} classes")])
+    header = ["part", "GMACs", "params M", "what"]
+    w = [max(len(r[i]) for r in rows + [header]) for i in range(3)]
+    for r in [header, ["-" * n for n in w] + ["-" * 4]] + rows:
+        print(f"{r[0]:<{w[0]}}  {r[1]:>{w[1]}}  {r[2]:>{w[2]}}  {r[3]}")
+    if p is not None and p["kernels"] is not None and p["kernels"] != rep.kernels:
+        knobs = " ".join(f"--set model.{k}={v}" for k, v in p["knobs"].items())
+        print(f"\nnote: the paper's detection backbone has kernels {','.join(map(str, p['kernels'][0]))} per stage "
+              f"(the classification kernels + 6); this count has the config's. {knobs} counts the paper's.")
+    skipped = ", ".join(f"{k.split('::')[-1]} x{v}" for k, v in rep.not_counted.items()) or "none"
+    print("\nGMACs: fvcore, the papers' convention (1 multiply-add = 1; element-wise ops not counted), the parts "
+          "of mmdetection's get_flops: heads on fixed RoI counts; RoIAlign, NMS, pre-processing not counted. "
+          f"Ops without a handle (not counted): {skipped}.")
     return 0
 
 
@@ -664,12 +746,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON list")
 
     p = add("flops", cmd_flops, "Count parameters and FLOPs of a model (fvcore, the papers' convention, and more).")
-    p.add_argument("--model", required=True, help="a focalexp preset or alias, or a timm model name")
+    p.add_argument("--model", help="a focalexp preset or alias, or a timm model name (with --detector: the backbone)")
     p.add_argument("--img-size", type=int, help="input resolution (default: the model's native one)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config knob (repeatable)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config knob (repeatable); with --detector a dotted key of the detection config, "
+                        "e.g. model.focal_windows=9 or detector.fpn_channels=128")
     p.add_argument("--by", choices=["module", "operator"], help="add a per-module or per-operator breakdown")
-    p.add_argument("--depth", type=int, default=2, help="module depth of the breakdown (default 2)")
+    p.add_argument("--depth", type=int, help="module depth of the breakdown (default 2)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    from .detection.config import ARCHS
+
+    p.add_argument("--detector", choices=ARCHS,
+                   help="count this whole detector (backbone, FPN, heads) as mmdetection's get_flops does, on the "
+                        "coco_1x recipe unless --config")
+    p.add_argument("--timm", metavar="NAME", help="--detector: a timm backbone, e.g. swin_tiny_patch4_window7_224")
+    p.add_argument("--config", metavar="YAML", help="--detector: a detection run config (its recipe, backbone, heads)")
+    p.add_argument("--size", metavar="HxW", help="--detector: image height x width (default 1280x800, the papers')")
+    p.add_argument("--num-classes", type=int, help="--detector: object classes (default 80, COCO's)")
 
     p = add("bench", cmd_bench, "Throughput (images/s), step time, peak memory, params and GMACs of models side by "
             "side: interleaved rounds in one process, ratios to the first model.")

@@ -186,6 +186,18 @@ def _fvcore(model: nn.Module, x: torch.Tensor, elementwise: bool):
     return fca
 
 
+def count_paper_macs(model: nn.Module, inputs: tuple) -> tuple[int, dict[str, int]]:
+    """fvcore's count of ``model(*inputs)`` in the papers' convention (integer MACs, :data:`PAPER_OPS`)
+    and what no handle counted (op -> occurrences; element-wise and shape ops, which the convention
+    leaves out by design, not listed). Any module, any inputs: the parts of a detector, a head on RoIs."""
+    skip = _FREE_OPS | {k.split("::")[-1] for k in ELEMENTWISE_HANDLES}
+    with _quiet(), torch.no_grad():
+        fca = _fvcore(model.eval(), inputs, elementwise=False)
+        ops = fca.by_operator()
+        unsupported = {k: v for k, v in fca.unsupported_ops().items() if k.split("::")[-1] not in skip}
+    return sum(v for k, v in ops.items() if k in PAPER_OPS), unsupported
+
+
 def _stage_of(name: str) -> str | None:
     parts = name.split(".")
     if name in ("stem", "norm", "head") or (len(parts) == 2 and parts[0] == "stages"):

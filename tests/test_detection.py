@@ -153,6 +153,13 @@ def test_backbone_starts_from_a_classification_run_dir(tmp_path):
     for k, v in cls_model.state_dict().items():
         if not k.startswith(("head.", "norm.")):
             assert torch.equal(body[k], v), k
+    # kernels grown for detection (focal_windows 9 vs 3): the classifier's kernels are zero-padded, centred
+    grown = build_detector(resolve_detect_config(tiny_det(model={"focal_windows": 9},
+                                                          detector={"backbone_init": str(run)})), 4)
+    k = "stages.0.blocks.0.modulation.focal_layers.0.0.weight"
+    w = grown.backbone.backbone.body.state_dict()[k]
+    assert w.shape[-1] == 9 and torch.equal(w[..., 3:6, 3:6], cls_model.state_dict()[k])
+    assert w.abs().sum() == cls_model.state_dict()[k].abs().sum()
     r = invoke("detect", "--set", f"detector.backbone_init={run}", "--set", "model.embed_dim=24",
                "--set", "model.depths=[1,1,1]", "--set", "model.patch_size=4", "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "does not fit" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

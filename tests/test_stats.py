@@ -246,7 +246,19 @@ def test_report_without_spec_sections_still_reports(tmp_path):
     assert cells_of(r.stdout)[0] == ["model.focal_levels", "top-1 (%)", "95% CI", "params (M)", "GMACs", "seeds"]
 
 
-SHIPPED = sorted(str(p.relative_to(REPO / "experiments")) for p in (REPO / "experiments").rglob("*.yaml"))
+# questions the paper has no numbers for (focal levels on detection): their specs say so and have no paper column
+NO_PAPER = ("detection_focal_levels.yaml", "coco/mask_rcnn_focal_levels.yaml")
+SHIPPED = sorted(str(p.relative_to(REPO / "experiments")) for p in (REPO / "experiments").rglob("*.yaml")
+                 if str(p.relative_to(REPO / "experiments")) not in NO_PAPER)
+
+
+@pytest.mark.parametrize("name", NO_PAPER)
+def test_specs_without_the_papers_numbers_say_why(name):
+    from focalexp.sweep import load_spec
+
+    spec = load_spec(REPO / "experiments" / name)
+    assert spec.paper is None and spec.report.baseline
+    assert "paper" in (REPO / "experiments" / name).read_text().split("name:")[0]  # the header says why
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -266,7 +278,8 @@ def test_every_shipped_spec_has_the_papers_numbers_and_a_report_that_checks_them
     noise = [0.0, 0.3, -0.2]
     for r in runs:
         v = next((pv.value for pv in spec.paper.values if matches(r.axes, pv.match)), 50.0)
-        (sweep.run_dir(r.run_id) / "result.json").write_text(json.dumps({"status": "done", "top1": v + noise[r.seed]}))
+        (sweep.run_dir(r.run_id) / "result.json").write_text(json.dumps({"status": "done",
+                                                                        spec.paper.metric: v + noise[r.seed]}))
     files = invoke("report", str(sweep.path), "--fig-format", "svg") if name == "focal_levels.yaml" else None
     from focalexp.sweep import report
 

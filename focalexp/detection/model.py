@@ -93,13 +93,32 @@ def focalnet_backbone(cfg: DetectConfig) -> FeatureBackbone:
         body = create_model(knobs, features_only=True)
         if init != "random":
             path = _init_path(init)
-            load_state_into(body, read_state(path, "detector.backbone_init"),
+            load_state_into(body, fit_focal_kernels(read_state(path, "detector.backbone_init"), body),
                             source=f"detector.backbone_init '{path}'")
     if det.frozen_stages >= 0:
         _freeze(body.stem if hasattr(body, "stem") else None)
         for s in list(body.stages)[: det.frozen_stages]:
             _freeze(s)
     return FeatureBackbone(body, body.feature_channels, body.feature_strides, det.out_norm)
+
+
+def fit_focal_kernels(obj: Any, model: nn.Module) -> dict:
+    """The checkpoint's weights in ``model``'s layout, each depthwise focal kernel zero-padded (centred) to
+    the model's larger kernel or centre-cropped to a smaller one: how the official detection code starts
+    a backbone whose kernels grew by 6 (``focal_windows`` 9) from ImageNet weights of kernels 3, 5(, 7)."""
+    from ..models.checkpoint import convert_state_dict, detect_layout, unwrap
+
+    sd, _ = unwrap(obj)
+    sd = convert_state_dict(sd, model, detect_layout(sd))
+    target = model.state_dict()
+    for k, v in list(sd.items()):
+        t = target.get(k)
+        if (t is None or ".focal_layers." not in k or v.dim() != 4 or t.dim() != 4 or v.shape == t.shape
+                or v.shape[:2] != t.shape[:2] or (v.shape[-1] - t.shape[-1]) % 2 or v.shape[-1] != v.shape[-2]):
+            continue
+        d = (t.shape[-1] - v.shape[-1]) // 2
+        sd[k] = F.pad(v, (d, d, d, d)) if d > 0 else v[..., -d:v.shape[-2] + d, -d:v.shape[-1] + d].clone()
+    return sd
 
 
 def _freeze(module: nn.Module | None) -> None:

@@ -6,7 +6,7 @@ Run directory: as a classifier's (``config.yaml``, ``metrics.jsonl``, ``last.pth
 ``best.pth``: the detector's weights at the best box AP, ``result.json``, ``tb/``). ``metrics.jsonl`` rows
 hold ``train_loss`` and the COCOeval numbers (``box_ap``, ``box_ap50``, ..., ``mask_ap``, ...: percent);
 ``result.json`` the last evaluation's, ``best_box_ap``, the detector's parameters, its GMACs at the test
-size and the backbone's.
+size and the backbone's (Shapes-det: at its image size; COCO: at 1280 x 800, the papers').
 """
 
 from __future__ import annotations
@@ -87,11 +87,16 @@ class DetectionTrainer(Trainer):
 
     def _result_base(self) -> dict:
         if not hasattr(self, "_base"):
+            from ..tasks.detect import counted_size, detect_gmacs
+
             params = sum(p.numel() for p in self.model.parameters())
             backbone = self.model.backbone.backbone
+            gmacs, backbone_gmacs = detect_gmacs(self.cfg)
+            h, w, _ = counted_size(self.cfg)
             self._base = {"run_id": self.cfg.run_id, "params": params,
                           "backbone_params": sum(p.numel() for p in backbone.parameters()),
-                          "model": self._model_name(), "detector": self.cfg.detector.arch}
+                          "model": self._model_name(), "detector": self.cfg.detector.arch,
+                          "gmacs": gmacs, "backbone_gmacs": backbone_gmacs, "gmacs_size": f"{h}x{w}"}
         return dict(self._base)
 
     def _summary(self, metrics: list[dict] | None = None) -> dict:

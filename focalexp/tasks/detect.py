@@ -19,18 +19,31 @@ from . import Task, register_task
 COCO_TRAIN_IMAGES = 117266  # instances_train2017 images with annotations
 
 
+def counted_size(cfg) -> tuple[int, int, int]:
+    """``(height, width, classes)`` a detection run's GMACs are counted at: Shapes-det's own image and 4
+    classes; on COCO the papers' 1280 x 800 and 80 classes."""
+    from ..detection.flops import PAPER_CLASSES, PAPER_SIZE
+
+    if cfg.data.dataset == "shapes":
+        return cfg.data.img_size, cfg.data.img_size, 4
+    return PAPER_SIZE[0], PAPER_SIZE[1], PAPER_CLASSES
+
+
 @functools.lru_cache(maxsize=1024)
-def _gmacs(config_json: str) -> tuple[float, float | None]:
-    """(detector GMACs at the test size, backbone GMACs there) of a detection config: fvcore through
-    :mod:`focalexp.detection.flops`; remembered per distinct config."""
+def _gmacs(config_json: str) -> tuple[float, float]:
+    """(detector GMACs, backbone GMACs) of a detection config at :func:`counted_size`: fvcore through
+    :mod:`focalexp.detection.flops` (its count cache keeps them across processes)."""
     from ..detection.config import DetectConfig
     from ..detection.flops import detector_flops
 
     cfg = DetectConfig.from_resolved(json.loads(config_json))
-    side = cfg.detector.min_size[-1]
-    h, w = (cfg.data.img_size, cfg.data.img_size) if cfg.data.dataset == "shapes" else (side, round(side * 4 / 3))
-    report = detector_flops(cfg, height=h, width=w)
-    return report.total, report.backbone
+    h, w, k = counted_size(cfg)
+    report = detector_flops(cfg, height=h, width=w, num_classes=k)
+    return report.total_gmacs, report.gmacs["backbone"]
+
+
+def detect_gmacs(cfg) -> tuple[float, float]:
+    return _gmacs(json.dumps(cfg.to_dict(), sort_keys=True))
 
 
 @register_task

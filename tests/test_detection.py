@@ -40,7 +40,7 @@ SWIN = {"timm": "swin_tiny_patch4_window7_224", "img_size": 64, "window_size": 4
 def test_detector_trains_and_resumes_bit_exactly(tmp_path, model, arch):
     """Stopped after each epoch and resumed = uninterrupted, bit for bit (weights, optimizer, COCOeval
     numbers): RPN/RoI sampling, multi-scale and flips draw from restored RNG streams."""
-    raw = tiny_det(detector={"arch": arch, "min_size": [56, 64]})
+    raw = tiny_det(detector={"arch": arch, "min_size": [56, 64], "fpn_channels": 64 if arch == "fcos" else 32})
     if model is not None:
         raw["model"] = model
     full = train_detector(resolve_detect_config(raw), tmp_path / "full", progress=False)
@@ -163,3 +163,25 @@ def test_backbone_starts_from_a_classification_run_dir(tmp_path):
     r = invoke("detect", "--set", f"detector.backbone_init={run}", "--set", "model.embed_dim=24",
                "--set", "model.depths=[1,1,1]", "--set", "model.patch_size=4", "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "does not fit" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_local_detection_sweep_reports_box_ap(tmp_path):
+    """``task: detect`` through the local backend: two runs, their COCOeval numbers collected, the report
+    comparing box AP (its figures named after it), status showing box AP."""
+    import yaml
+
+    base = tiny_det(train={"epochs": 1})
+    spec = {"name": "local_detect", "task": "detect", "base": base, "grid": {"model.focal_levels": [0, 2]},
+            "report": {"baseline": {"model.focal_levels": 2}},
+            "launcher": {"cluster": "local", "cpus_per_task": 1, "mem_gb": 2}}
+    p = tmp_path / "spec.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    r = invoke("sweep", str(p), "--dir", str(tmp_path / "sw"), "--cluster", "local")
+    assert r.returncode == 0, r.stdout + r.stderr
+    st = invoke("status", str(tmp_path / "sw"))
+    assert "box AP" in st.stdout and "2 done" in st.stdout, st.stdout
+    rep = invoke("report", str(tmp_path / "sw"), "--fig-format", "png")
+    assert rep.returncode == 0, rep.stderr
+    header = next(ln for ln in rep.stdout.splitlines() if ln.startswith("| model.focal_levels"))
+    assert header.split("|")[2].strip() == "box AP" and "mask AP" in header and "GMACs" in header
+    assert (tmp_path / "sw" / "report" / "box_ap_vs_gmacs.png").exists()

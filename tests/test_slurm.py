@@ -303,3 +303,26 @@ def test_a_sigkilled_task_reads_killed_and_the_same_command_resubmits_it(tmp_pat
         assert st.attempts == 2 and st.state in ("queued", "running")
     finally:
         cancel(sw)
+
+
+def test_a_detection_sweep_runs_on_slurm_and_reports_box_ap(tmp_path):
+    """``task: detect`` on the cluster: a job array of detectors (Mask R-CNN over FocalNets with 1 and 2
+    focal levels), COCOeval in each result, and the report's table of box AP with mask AP beside it."""
+    from .test_detection import tiny_det
+
+    base = tiny_det(train={"epochs": 1})
+    base["train"].pop("threads")
+    spec = {"name": "slurm_detect", "task": "detect", "base": base, "grid": {"model.focal_levels": [1, 2]},
+            "report": {"baseline": {"model.focal_levels": 2}},
+            "launcher": {"cluster": "slurm", "cpus_per_task": 1, "timeout_min": 5, "mem_gb": 2}}
+    r = sweep_cli(tmp_path, spec, "--wait")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "submitted 2 (slurm)" in r.stdout and "2 done" in r.stdout
+    assert set(sacct_states(job_ids(tmp_path / "sw")).values()) == {"COMPLETED"}
+    df = collect(tmp_path / "sw")
+    assert (df["status"] == "done").all() and df["box_ap"].notna().all() and df["mask_ap"].notna().all()
+    rep = subprocess.run([sys.executable, "-m", "focalexp", "report", str(tmp_path / "sw")], capture_output=True,
+                         text=True, timeout=300)
+    assert rep.returncode == 0, rep.stderr
+    header = next(ln for ln in rep.stdout.splitlines() if ln.startswith("| model.focal_levels"))
+    assert "box AP" in header and "mask AP" in header and "top-1" not in header

@@ -277,6 +277,9 @@ def validate(cfg: DetectConfig, data_present: bool = True) -> None:
     if not det.min_size or not all(isinstance(s, int) and 16 <= s <= det.max_size for s in det.min_size):
         raise ConfigError(f"expected sizes between 16 and detector.max_size {det.max_size}, got {det.min_size}",
                           key="detector.min_size")
+    if det.arch == "fcos" and det.fpn_channels % 32:
+        raise ConfigError(f"FCOS's head normalises in 32 groups: give a multiple of 32, got {det.fpn_channels}",
+                          key="detector.fpn_channels")
     if d.dataset == "coco":
         if data_present:
             from ..data.coco import coco_root_files

@@ -88,7 +88,7 @@ def _check_baseline(baseline: Mapping[str, Any], arms: list[dict[str, Any]], axe
 def _digits(metric: str, value: float) -> int:
     if metric == "epochs_done":
         return 0
-    if metric.startswith("gmacs") and abs(value) < 1:
+    if "gmacs" in metric and abs(value) < 1:
         return 4
     return 2 if metric == "params" or abs(value) < 100 else 1
 

@@ -141,6 +141,11 @@ for kind in ["plain_pickle_p2", "torch_zip", "torch_legacy", "torch_legacy_heade
          setup=evil_file("evil.pth", kind))
     case(f"viz-baseline-{kind}", [*VIZ[:4], "erf", "--baseline", "resnet18={tmp}/evil.pth", "--out", "{tmp}/f.png"],
          "refused", setup=evil_file("evil.pth", kind))
+DETECT = ["detect", "--set", "data.train_size=8", "--set", "data.val_size=4", "--set", "train.epochs=1",
+          "--set", "train.batch_size=4", "--set", "train.trackers=[]"]
+for kind in ["plain_pickle_p2", "torch_zip_exec", "torch_legacy", "zip_with_evil_pickle"]:
+    case(f"detect-backbone-init-{kind}", [*DETECT, "--set", "detector.backbone_init={tmp}/evil.pth", "--out",
+                                          "{tmp}/run"], "refused", "evil.pth", setup=evil_file("evil.pth", kind))
 case("viz-checkpoint-build-on-class", [*VIZ, "--checkpoint", "{tmp}/evil.pth"], "corrupt", "BUILD",
      setup=evil_file("evil.pth", "plain_pickle_build_class"))
 case("viz-checkpoint-torchscript", [*VIZ, "--checkpoint", "{tmp}/ts.pt"], "TorchScript program",

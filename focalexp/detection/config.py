@@ -284,8 +284,12 @@ def validate(cfg: DetectConfig, data_present: bool = True) -> None:
         if data_present:
             from ..data.coco import coco_root_files
 
+            root = d.root and os.path.expandvars(d.root)
+            if root and "$" in root:
+                raise ConfigError(f"{d.root}: an environment variable in it is not set (export COCO_ROOT=...)",
+                                  key="data.root")
             for split in ("train", "val"):
-                coco_root_files(d.root and os.path.expandvars(d.root), split)
+                coco_root_files(root, split)
     elif d.root is not None:
         raise ConfigError("shapes is generated from the seed; it has no root", key="data.root")
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):

@@ -152,9 +152,8 @@ def timm_backbone(cfg: DetectConfig) -> FeatureBackbone:
         raise ConfigError(f"timm's {name} does not take these arguments ({e})", key="model") from None
     info = body.feature_info
     channels, strides = info.channels(), info.reduction()
-    nhwc = getattr(body, "output_fmt", "NCHW") == "NHWC" or "swin" in name
-    if not nhwc:
-        nhwc = _probe_nhwc(body, channels)
+    fmt = getattr(body, "output_fmt", None)  # timm's feature wrappers say it (Swin: NHWC)
+    nhwc = str(getattr(fmt, "value", fmt)) == "NHWC" if fmt is not None else _probe_nhwc(body, channels)
     return FeatureBackbone(body, channels, strides, cfg.detector.out_norm, nhwc=nhwc)
 
 
@@ -217,13 +216,5 @@ def build_detector(cfg: DetectConfig, num_classes: int) -> nn.Module:
                 detections_per_img=det.detections_per_img, **common)
 
 
-def count_trainable(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def backbone_of(detector: nn.Module) -> FeatureBackbone:
-    return detector.backbone.backbone
-
-
-__all__ = ["build_detector", "focalnet_backbone", "timm_backbone", "FeatureBackbone", "BackboneWithFPN",
-           "ChannelNorm", "F"]
+__all__ = ["build_detector", "focalnet_backbone", "timm_backbone", "fit_focal_kernels", "FeatureBackbone",
+           "BackboneWithFPN", "ChannelNorm"]

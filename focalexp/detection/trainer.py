@@ -11,7 +11,6 @@ size and the backbone's (Shapes-det: at its image size; COCO: at 1280 x 800, the
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import torch
@@ -121,4 +120,4 @@ def train_detector(cfg: DetectConfig, out, **kwargs) -> dict:
     return train(cfg, out, kind="detect", **kwargs)
 
 
-__all__ = ["DetectionTrainer", "train_detector", "sys"]
+__all__ = ["DetectionTrainer", "train_detector"]

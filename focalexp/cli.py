@@ -408,10 +408,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
         input_file(args.resume, "--resume")
     cfg = load_detect_config(args.config, parse_set_args(args.set))
     out = Path(args.out)
-    from .train.loop import RunInterrupted, train
+    from .detection.trainer import train_detector
+    from .train.loop import RunInterrupted
 
     try:
-        result = train(cfg, out, resume=args.resume, nproc=args.nproc, provenance=provenance.origin(), kind="detect")
+        result = train_detector(cfg, out, resume=args.resume, nproc=args.nproc, provenance=provenance.origin())
     except RunInterrupted:
         print(f"interrupted: {out / 'last.pth'} holds the state; run the same command again to continue",
               file=sys.stderr)

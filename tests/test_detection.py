@@ -186,3 +186,84 @@ def test_a_local_detection_sweep_reports_box_ap(tmp_path):
     header = next(ln for ln in rep.stdout.splitlines() if ln.startswith("| model.focal_levels"))
     assert header.split("|")[2].strip() == "box AP" and "mask AP" in header and "GMACs" in header
     assert (tmp_path / "sw" / "report" / "box_ap_vs_gmacs.png").exists()
+
+
+# FCOS (no RoI sampling, 0.1 s a step here) for the process-level tests
+FCOS = {"arch": "fcos", "fpn_channels": 64, "min_size": [56, 64]}
+
+
+def test_sigterm_mid_epoch_then_rerun_is_exact_and_tensorboard_gets_box_ap(tmp_path):
+    """``focalexp detect`` stopped by SIGTERM mid-epoch (what a scheduler sends) leaves last.pth and an
+    ``interrupted`` result; the same command again continues to the uninterrupted run's numbers, and
+    TensorBoard holds the COCOeval numbers of every epoch once (``eval/box_ap``, ``eval/box_ap50``, ...)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from .test_trackers import _tb_scalars
+
+    raw = tiny_det(detector=FCOS, data={"train_size": 64, "val_size": 8},
+                   train={"epochs": 2, "checkpoint_every_steps": 2, "trackers": ["tensorboard"]})
+    ref = train_detector(resolve_detect_config(raw), tmp_path / "ref", progress=False)
+    cfg = tmp_path / "det.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "cut"
+    cmd = [sys.executable, "-m", "focalexp", "detect", str(cfg), "--out", str(out)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "last.pth").exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "run the same command again to continue" in err
+    st = torch.load(out / "last.pth", weights_only=True)
+    assert (st["epoch"], st["step"]) != (2, 0)  # stopped before the end
+    assert json.loads((out / "result.json").read_text())["status"] == "interrupted"
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    _same_metrics(read_metrics(tmp_path / "ref"), read_metrics(out))
+    _same_state(tmp_path / "ref", out)
+    assert json.loads((out / "result.json").read_text())["box_ap"] == ref["box_ap"]
+    rows = read_metrics(out)
+    sc = _tb_scalars(out)
+    for key in ("box_ap", "box_ap50", "box_ap75"):
+        assert [s for s, _ in sc[f"eval/{key}"]] == [8, 16], key  # 8 steps an epoch, each epoch once
+        assert [v for _, v in sc[f"eval/{key}"]] == pytest.approx([row[key] for row in rows]), key
+    assert not any(t.startswith("eval/box_ap_per_class") or t == "eval/top1" for t in sc)
+
+
+def test_two_processes_detect_and_score_the_whole_validation_set(tmp_path):
+    """DDP (2 gloo processes): each rank trains on its half and detects its share of the validation set;
+    rank 0's COCOeval of the gathered detections equals one process's evaluation of the same weights."""
+    from focalexp.detection.data import build_det_data
+    from focalexp.detection.evaluate import coco_evaluate, to_coco_results
+    from focalexp.detection.model import build_detector
+    from focalexp.detection.trainer import DetectionTrainer
+    from focalexp.train.multiprocess import train_multiprocess
+
+    raw = tiny_det(detector=FCOS, data={"train_size": 32, "val_size": 7},  # odd: ranks get 4 and 3
+                   train={"epochs": 1, "threads": 1, "trackers": ["tensorboard"]})
+    cfg = resolve_detect_config(raw)
+    train_multiprocess(cfg.to_dict(), str(tmp_path / "two"), nproc=2, progress=False,
+                       trainer=DetectionTrainer)
+    res = json.loads((tmp_path / "two" / "result.json").read_text())
+    assert res["status"] == "done" and res["world_size"] == 2
+    assert len(list((tmp_path / "two" / "tb").glob("events.out.tfevents.*"))) == 1  # only rank 0 logs
+    row = read_metrics(tmp_path / "two")[-1]
+    # the trained weights, evaluated again by one process over the whole validation set, image by image
+    data = build_det_data(cfg)
+    model = build_detector(cfg, data.num_classes).eval()
+    model.load_state_dict(torch.load(tmp_path / "two" / "last.pth", weights_only=True)["model"])
+    results = []
+    with torch.no_grad():
+        for i in range(len(data.val)):
+            image, target = data.val[i]
+            results += to_coco_results(model([image]), [target["image_id"]], data.category_of, masks=False)
+    again = coco_evaluate(data.val_coco, results, ("bbox",))
+    assert len(results) == row["detections"] > 0
+    for key in ("box_ap", "box_ap50", "box_ap75"):
+        assert again[key] == pytest.approx(row[key], abs=0.01), key

@@ -17,7 +17,8 @@ ALLOWED = {
     "data": set(),
     "train": {"models", "data"},
     "analysis": {"models", "data"},
-    "tasks": {"models", "data", "train", "analysis"},
+    "detection": {"models", "data", "train", "analysis"},
+    "tasks": {"models", "data", "train", "analysis", "detection"},
     "sweep": {"tasks"},
 }
 BASE = {"errors", "fileio", "unpickle", "configtools", "overrides", "config", "plugins", "assets", "provenance"}
@@ -58,6 +59,12 @@ def test_lower_rooms_never_import_higher_ones(room):
                 continue
             bad.append(f"{path.relative_to(PKG.parent)}:{line} imports {mod}")
     assert not bad, "\n".join(bad)
+
+
+def test_every_package_is_a_room():
+    """A new subpackage gets its walls here."""
+    packages = {p.parent.name for p in PKG.glob("*/__init__.py")}
+    assert packages == set(ALLOWED), packages ^ set(ALLOWED)
 
 
 def test_the_checker_sees_relative_imports_inside_functions(tmp_path):

@@ -34,7 +34,9 @@ leaves out the window attention's matmuls (3.11 G here), which mmcv's module-hoo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import json
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -399,5 +401,28 @@ def detector_flops(cfg: DetectConfig, height: int = PAPER_SIZE[0], width: int = 
     return rep
 
 
-__all__ = ["flops_config", "DetectorFlops", "PaperDetector", "PAPER_DETECTORS", "PAPER_SIZE", "PARTS", "detector_flops",
+def counted_size(cfg: DetectConfig) -> tuple[int, int, int]:
+    """``(height, width, classes)`` a detection run's GMACs are counted at: Shapes-det's own image and 4
+    classes; on COCO the papers' 1280 x 800 and 80 classes."""
+    if cfg.data.dataset == "shapes":
+        return cfg.data.img_size, cfg.data.img_size, 4
+    return PAPER_SIZE[0], PAPER_SIZE[1], PAPER_CLASSES
+
+
+@functools.lru_cache(maxsize=1024)
+def _run_gmacs(config_json: str) -> tuple[float, float]:
+    cfg = DetectConfig.from_resolved(json.loads(config_json))
+    h, w, k = counted_size(cfg)
+    report = detector_flops(cfg, height=h, width=w, num_classes=k)
+    return report.total_gmacs, report.gmacs["backbone"]
+
+
+def run_gmacs(cfg: DetectConfig) -> tuple[float, float]:
+    """(detector GMACs, backbone GMACs) of a detection run config at :func:`counted_size` (what its
+    ``result.json`` and the sweep's dry run show); cached in this process and, through
+    :func:`detector_flops`, across processes."""
+    return _run_gmacs(json.dumps(cfg.to_dict(), sort_keys=True))
+
+
+__all__ = ["flops_config", "counted_size", "run_gmacs", "DetectorFlops", "PaperDetector", "PAPER_DETECTORS", "PAPER_SIZE", "PARTS", "detector_flops",
            "backbone_name", "paper_row", "paper_kernels"]

@@ -25,6 +25,7 @@ SHAPES_CONTEXT_CLASS = "target"  # the class only its surroundings tell apart (S
 
 
 class DetectionTrainer(Trainer):
+    config_cls = DetectConfig
     primary = "box_ap"
     collate = staticmethod(collate)
     find_unused_parameters = True  # frozen stages; a batch without objects leaves mask-head grads unused
@@ -86,11 +87,11 @@ class DetectionTrainer(Trainer):
 
     def _result_base(self) -> dict:
         if not hasattr(self, "_base"):
-            from ..tasks.detect import counted_size, detect_gmacs
+            from .flops import counted_size, run_gmacs
 
             params = sum(p.numel() for p in self.model.parameters())
             backbone = self.model.backbone.backbone
-            gmacs, backbone_gmacs = detect_gmacs(self.cfg)
+            gmacs, backbone_gmacs = run_gmacs(self.cfg)
             h, w, _ = counted_size(self.cfg)
             self._base = {"run_id": self.cfg.run_id, "params": params,
                           "backbone_params": sum(p.numel() for p in backbone.parameters()),
@@ -117,7 +118,7 @@ def train_detector(cfg: DetectConfig, out, **kwargs) -> dict:
     ``resume``, ``progress``, ``nproc``, ``provenance``)."""
     from ..train.loop import train
 
-    return train(cfg, out, kind="detect", **kwargs)
+    return train(cfg, out, trainer=DetectionTrainer, **kwargs)
 
 
 __all__ = ["DetectionTrainer", "train_detector"]

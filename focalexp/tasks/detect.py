@@ -10,40 +10,11 @@ and its grid varies any dotted key of it, e.g. ``model.focal_levels`` of the bac
 
 from __future__ import annotations
 
-import functools
-import json
 from typing import Any, Mapping
 
 from . import Task, register_task
 
 COCO_TRAIN_IMAGES = 118287  # train2017 (images without objects are kept: torchvision's detectors take them)
-
-
-def counted_size(cfg) -> tuple[int, int, int]:
-    """``(height, width, classes)`` a detection run's GMACs are counted at: Shapes-det's own image and 4
-    classes; on COCO the papers' 1280 x 800 and 80 classes."""
-    from ..detection.flops import PAPER_CLASSES, PAPER_SIZE
-
-    if cfg.data.dataset == "shapes":
-        return cfg.data.img_size, cfg.data.img_size, 4
-    return PAPER_SIZE[0], PAPER_SIZE[1], PAPER_CLASSES
-
-
-@functools.lru_cache(maxsize=1024)
-def _gmacs(config_json: str) -> tuple[float, float]:
-    """(detector GMACs, backbone GMACs) of a detection config at :func:`counted_size`: fvcore through
-    :mod:`focalexp.detection.flops` (its count cache keeps them across processes)."""
-    from ..detection.config import DetectConfig
-    from ..detection.flops import detector_flops
-
-    cfg = DetectConfig.from_resolved(json.loads(config_json))
-    h, w, k = counted_size(cfg)
-    report = detector_flops(cfg, height=h, width=w, num_classes=k)
-    return report.total_gmacs, report.gmacs["backbone"]
-
-
-def detect_gmacs(cfg) -> tuple[float, float]:
-    return _gmacs(json.dumps(cfg.to_dict(), sort_keys=True))
 
 
 @register_task
@@ -71,7 +42,9 @@ class DetectTask(Task):
         return bool(launcher.gpus_per_node) or config.train.device == "cuda"
 
     def estimate(self, config, options, estimate) -> dict[str, Any]:
-        gm, _ = _gmacs(json.dumps(config.to_dict(), sort_keys=True))
+        from ..detection.flops import run_gmacs
+
+        gm, _ = run_gmacs(config)
         n_train, _ = config.sizes()
         images = n_train or (COCO_TRAIN_IMAGES if config.data.dataset == "coco" else None)
         row: dict[str, Any] = {"gmacs": gm, "images": images}
@@ -88,13 +61,14 @@ class DetectTask(Task):
     def run(self, config, run_dir: str, settings: Mapping[str, Any]) -> dict[str, Any]:
         from pathlib import Path
 
-        from ..train.loop import CannotResume, train, write_json
+        from ..detection.trainer import train_detector
+        from ..train.loop import CannotResume, write_json
 
         threads = settings.get("threads")
         if threads and not config.train.threads:
             config.train.threads = threads
         try:
-            result = train(config, run_dir, progress=None, kind="detect")
+            result = train_detector(config, run_dir, progress=None)
         except CannotResume as e:
             result = {"run_id": config.run_id, "status": "failed", "reason": str(e)}
             write_json(Path(run_dir) / "result.json", result)

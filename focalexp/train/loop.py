@@ -136,6 +136,19 @@ def _rng_state() -> dict:
     return state
 
 
+def epoch_loader_generator(seed: int, epoch: int, start: int) -> torch.Generator:
+    """The generator the training DataLoader of ``epoch`` draws its workers' base seed from, when it
+    starts at step ``start``. Without one, a DataLoader draws that seed from torch's global RNG when
+    iteration starts, and a run resumed mid-epoch would draw it at another point of the global stream than
+    the uninterrupted run (drop path, the detectors' RoI sampling and multi-scale draws use that stream):
+    the resume would not be exact. An epoch's first step still makes the draw the DataLoader made, so that
+    runs give the numbers they gave before (the evaluation's DataLoaders, at the same points in both
+    runs, keep drawing it themselves)."""
+    if start == 0:
+        torch.empty((), dtype=torch.int64).random_()
+    return torch.Generator().manual_seed(int(seed) * 100_003 + int(epoch))
+
+
 def _set_rng_state(state: dict) -> None:
     py = state["python"]
     random.setstate((py["version"], tuple(int(v) for v in py["internal"].tolist()), py["gauss"]))
@@ -213,6 +226,12 @@ class _StopSignals:
 
 # ---------------------------------------------------------------------------- the trainer
 class Trainer:
+    """One training + evaluation of a classifier, in a run dir. Subclasses replace the parts that differ
+    (data and model, loss of a batch, evaluation, result: :class:`focalexp.detection.trainer.DetectionTrainer`)
+    and name their config class (``config_cls``: what a DDP worker rebuilds the resolved config as)."""
+
+    config_cls: type = RunConfig
+
     def __init__(self, cfg: RunConfig, out: str | os.PathLike, *, resume: str | os.PathLike | None = None,
                  progress: bool | None = None, provenance: Mapping[str, Any] | None = None):
         self.cfg = cfg
@@ -542,7 +561,8 @@ class Trainer:
             self.data.train.set_epoch(epoch)
         sampler = EpochBatches(len(self.data.train), t.batch_size, self.dist, self.cfg.seed, epoch, start)
         loader = torch.utils.data.DataLoader(self.data.train, batch_sampler=sampler, num_workers=self.cfg.data.workers,
-                                             pin_memory=self.device.type == "cuda", collate_fn=self.collate)
+                                             pin_memory=self.device.type == "cuda", collate_fn=self.collate,
+                                             generator=epoch_loader_generator(self.cfg.seed, epoch, start))
         self.net.train()
         show = self.dist.is_main and (self.progress if self.progress is not None else sys.stderr.isatty())
         from tqdm import tqdm
@@ -706,7 +726,7 @@ def _first_difference(a: Any, b: Any, key: str = "") -> str:
 
 def train(cfg: RunConfig, out: str | os.PathLike, *, resume: str | os.PathLike | None = None,
           progress: bool | None = None, nproc: int = 1, provenance: Mapping[str, Any] | None = None,
-          kind: str = "train") -> dict:
+          trainer: type[Trainer] | None = None) -> dict:
     """Run one training + evaluation; returns the result dict (also in ``out/result.json``).
 
     ``provenance``: record this attempt in ``out/provenance.json`` with that origin (``cwd``, ``argv``,
@@ -715,20 +735,21 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, resume: str | os.PathLike |
     ``nproc`` > 1 trains on that many local processes (DDP: gloo on CPU, nccl with one GPU each); the
     run dir and ``resume`` are checked once, here, before any process starts.
 
-    ``kind``: ``train`` (a classifier, ``cfg`` a :class:`RunConfig`) or ``detect`` (a detector,
-    :class:`focalexp.detection.config.DetectConfig`; :mod:`focalexp.detection.trainer`)."""
+    ``trainer``: the :class:`Trainer` subclass to run (default :class:`Trainer`, a classifier; ``cfg`` is
+    an instance of its ``config_cls``); :func:`focalexp.detection.trainer.train_detector` passes its own."""
     from .config import check_nproc
-    from .multiprocess import trainer_for
+
+    trainer = trainer or Trainer
 
     check_nproc(nproc)
     check_out_dir(cfg, Path(out))
     if nproc == 1:
-        return trainer_for(kind)[1](cfg, out, resume=resume, progress=progress, provenance=provenance).run()
+        return trainer(cfg, out, resume=resume, progress=progress, provenance=provenance).run()
     from .multiprocess import train_multiprocess
 
     find_resume(out, cfg, resume)  # bad input answers here, once, in one line
     train_multiprocess(cfg.to_dict(), str(out), nproc, progress, None if resume is None else str(resume),
-                       None if provenance is None else dict(provenance), kind)
+                       None if provenance is None else dict(provenance), trainer)
     return json.loads((Path(out) / "result.json").read_text())
 
 

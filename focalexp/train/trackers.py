@@ -323,12 +323,18 @@ EPOCH_SCALARS = {"epoch": "epoch", "train_loss": "train_epoch/loss", "lr": "trai
                  "eval_loss": "eval/loss", "top1": "eval/top1", "top5": "eval/top5"}
 
 
+DETECTION_PREFIXES = ("box_ap", "mask_ap")  # COCOeval's numbers of a detection run (box_ap50, mask_ap_s, ...)
+
+
 def epoch_scalars(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A metrics.jsonl row as tracker scalars (``eval/top1``, ``eval_ema/top1``, ``train_epoch/loss``)."""
+    """A metrics.jsonl row as tracker scalars (``eval/top1``, ``eval_ema/top1``, ``train_epoch/loss``; a
+    detector's COCOeval numbers as ``eval/box_ap``, ``eval/mask_ap75``, ...; per-class dicts stay in the row)."""
     out: dict[str, Any] = {}
     for k, v in row.items():
         if k in EPOCH_SCALARS:
             out[EPOCH_SCALARS[k]] = v
+        elif k.startswith(DETECTION_PREFIXES) and isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"eval/{k}"] = v
         elif k.startswith("ema_") and k[4:] in EPOCH_SCALARS:
             out[EPOCH_SCALARS[k[4:]].replace("eval/", "eval_ema/")] = v
     return out

@@ -144,20 +144,36 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _classifier():
+    cfg = resolve_run_config(tiny_run(data={"train_size": 2048}, train={"epochs": 2, "checkpoint_every_steps": 4}))
+    return cfg, train
+
+
+def _detector():  # FCOS over a FocalNet on Shapes-det: the detect task's job
+    from focalexp.detection.config import resolve_detect_config
+    from focalexp.detection.trainer import train_detector
+
+    from .test_detection import FCOS, tiny_det
+
+    raw = tiny_det(detector=FCOS, data={"train_size": 128, "val_size": 8},
+                   train={"epochs": 2, "checkpoint_every_steps": 2})
+    return resolve_detect_config(raw), train_detector
+
+
 @pytest.mark.slow
-def test_submitit_preemption_requeues_and_resumes(tmp_path):
+@pytest.mark.parametrize("task,make", [("train", _classifier), ("detect", _detector)], ids=["classifier", "detector"])
+def test_submitit_preemption_requeues_and_resumes(tmp_path, task, make):
     """A real submitit job (local executor): USR2 -> last.pth saved -> requeued -> continues -> same result."""
     import submitit
 
     from focalexp.sweep.job import RunJob
 
-    raw = tiny_run(data={"train_size": 2048}, train={"epochs": 2, "checkpoint_every_steps": 4})
-    cfg = resolve_run_config(raw)
-    train(cfg, tmp_path / "ref")
+    cfg, run = make()
+    run(cfg, tmp_path / "ref", progress=False)
     ex = submitit.AutoExecutor(folder=tmp_path / "logs", cluster="local")
     ex.update_parameters(timeout_min=10)
     out = tmp_path / "job"
-    job = ex.submit(RunJob(), "train", cfg.to_dict(), str(out), {})
+    job = ex.submit(RunJob(), task, cfg.to_dict(), str(out), {})
     deadline = time.time() + 120
     while not (out / "last.pth").exists() and time.time() < deadline:
         time.sleep(0.05)

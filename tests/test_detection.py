@@ -267,3 +267,52 @@ def test_two_processes_detect_and_score_the_whole_validation_set(tmp_path):
     assert len(results) == row["detections"] > 0
     for key in ("box_ap", "box_ap50", "box_ap75"):
         assert again[key] == pytest.approx(row[key], abs=0.01), key
+
+
+def _classifier_run(path, seed: int) -> dict:
+    """A real (tiny) classification run of TINY_DET's backbone: what ``backbone_init: RUN_DIR`` reads."""
+    from focalexp.train import resolve_run_config, train
+
+    raw = {"seed": seed, "model": dict(TINY_DET["model"]), "data": {"dataset": "pathfinder", "train_size": 128,
+                                                                      "val_size": 64},
+           "train": {"epochs": 1, "batch_size": 32, "threads": 2, "trackers": []}}
+    return train(resolve_run_config(raw), path, progress=False)
+
+
+def test_box_ap_beside_the_backbones_top1_in_results_reports_and_figures(tmp_path):
+    """A grid over ``detector.backbone_init`` (two classification run dirs): each detector's result.json
+    names its backbone's run and top-1, the report shows that top-1 beside box AP, and the box-AP-vs-top-1
+    figure is drawn exactly when the backbones' top-1s differ. A backbone run dir whose result.json is
+    broken gives an unknown top-1, never a failed detection run."""
+    import yaml
+
+    cls = {s: _classifier_run(tmp_path / f"cls{s}", s) for s in (0, 1)}
+    base = tiny_det(detector=FCOS, data={"train_size": 16, "val_size": 4}, train={"epochs": 1})
+    spec = {"name": "init_grid", "task": "detect", "base": base,
+            "grid": {"detector.backbone_init": [str(tmp_path / f"cls{s}") for s in (0, 1)]},
+            "launcher": {"cluster": "local", "cpus_per_task": 1, "mem_gb": 2}}
+    p = tmp_path / "spec.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    r = invoke("sweep", str(p), "--dir", str(tmp_path / "sw"), "--cluster", "local")
+    assert r.returncode == 0, r.stdout + r.stderr
+    results = [json.loads(f.read_text()) for f in sorted((tmp_path / "sw").rglob("result.json"))]
+    assert len(results) == 2
+    assert sorted((x["backbone_run"], x["backbone_top1"]) for x in results) == sorted(
+        (c["run_id"], c["best_top1"]) for c in cls.values())
+    rep = invoke("report", str(tmp_path / "sw"), "--fig-format", "png")
+    assert rep.returncode == 0, rep.stderr
+    lines = rep.stdout.splitlines()
+    header = next(ln for ln in lines if ln.startswith("| detector.backbone_init"))
+    cols = [c.strip() for c in header.split("|")]
+    assert cols[2] == "box AP" and "backbone top-1 (%)" in cols
+    at = cols.index("backbone top-1 (%)")
+    for c in cls.values():
+        assert any(ln.split("|")[at].strip() == f"{c['best_top1']:.2f}" for ln in lines if ln.startswith("| /")), c
+    figure = tmp_path / "sw" / "report" / "box_ap_vs_backbone_top1.png"
+    assert figure.exists() == (cls[0]["best_top1"] != cls[1]["best_top1"])
+    # an unreadable result.json in the backbone's run dir: top-1 unknown, the detector trains
+    (tmp_path / "cls0" / "result.json").write_text("{not json")
+    cfg = resolve_detect_config(tiny_det(detector={**FCOS, "backbone_init": str(tmp_path / "cls0")},
+                                         data={"train_size": 8, "val_size": 4}, train={"epochs": 1}))
+    res = train_detector(cfg, tmp_path / "det", progress=False)
+    assert res["status"] == "done" and res["backbone_top1"] is None and res["backbone_run"] is None

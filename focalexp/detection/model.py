@@ -79,6 +79,34 @@ def _init_path(init: str) -> str:
     return path
 
 
+def backbone_origin(cfg: DetectConfig) -> dict[str, Any]:
+    """Where the backbone's weights came from, for ``result.json``: ``backbone_run`` (the classification
+    run's id) and ``backbone_top1`` (its best top-1) when ``detector.backbone_init`` is a run dir of
+    ``focalexp train``, so that a report shows ImageNet-style top-1 beside box AP as the paper's tables do.
+    The run's ``result.json`` is untrusted input: anything but a finite percentage reads as unknown (None),
+    and never stops the detection run (the weights were checked when they were loaded)."""
+    import math
+
+    from ..errors import FocalexpError
+    from ..fileio import read_json_object
+
+    out: dict[str, Any] = {"backbone_run": None, "backbone_top1": None}
+    init = cfg.detector.backbone_init
+    path = os.path.expandvars(os.path.expanduser(init))
+    if init == "random" or not os.path.isfile(os.path.join(path, "best.pth")):
+        return out
+    try:
+        res = read_json_object(os.path.join(path, "result.json"), "result.json")
+    except FocalexpError:
+        return out
+    top1 = res.get("best_top1", res.get("top1"))
+    if isinstance(top1, (int, float)) and not isinstance(top1, bool) and math.isfinite(top1) and 0 <= top1 <= 100:
+        out["backbone_top1"] = float(top1)
+    if isinstance(res.get("run_id"), str) and len(res["run_id"]) <= 200:
+        out["backbone_run"] = res["run_id"]
+    return out
+
+
 def focalnet_backbone(cfg: DetectConfig) -> FeatureBackbone:
     """A focalexp FocalNet in backbone mode (every stage out), initialised as ``detector.backbone_init`` says."""
     from ..models.checkpoint import load_state_into, read_state
@@ -216,5 +244,5 @@ def build_detector(cfg: DetectConfig, num_classes: int) -> nn.Module:
                 detections_per_img=det.detections_per_img, **common)
 
 
-__all__ = ["build_detector", "focalnet_backbone", "timm_backbone", "fit_focal_kernels", "FeatureBackbone",
+__all__ = ["build_detector", "backbone_origin", "focalnet_backbone", "timm_backbone", "fit_focal_kernels", "FeatureBackbone",
            "BackboneWithFPN", "ChannelNorm"]

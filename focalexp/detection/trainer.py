@@ -88,6 +88,7 @@ class DetectionTrainer(Trainer):
     def _result_base(self) -> dict:
         if not hasattr(self, "_base"):
             from .flops import counted_size, run_gmacs
+            from .model import backbone_origin
 
             params = sum(p.numel() for p in self.model.parameters())
             backbone = self.model.backbone.backbone
@@ -96,7 +97,8 @@ class DetectionTrainer(Trainer):
             self._base = {"run_id": self.cfg.run_id, "params": params,
                           "backbone_params": sum(p.numel() for p in backbone.parameters()),
                           "model": self._model_name(), "detector": self.cfg.detector.arch,
-                          "gmacs": gmacs, "backbone_gmacs": backbone_gmacs, "gmacs_size": f"{h}x{w}"}
+                          "gmacs": gmacs, "backbone_gmacs": backbone_gmacs, "gmacs_size": f"{h}x{w}",
+                          **backbone_origin(self.cfg)}
         return dict(self._base)
 
     def _summary(self, metrics: list[dict] | None = None) -> dict:

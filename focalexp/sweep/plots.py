@@ -46,29 +46,20 @@ def sweep_figures(df, tables, out: Path, formats: tuple[str, ...]) -> dict[str, 
         ax.set_ylabel(METRICS[primary])
         ax.set_title(f"{df.attrs['name']}: {METRICS[primary]} vs {axis}\n({what})", fontsize=9)
         files.update(_save(fig, out / f"{primary}_vs_{axis.replace('.', '_')}", formats))
-    if primary in ACCURACY_METRICS and "gmacs" in done.columns and done["gmacs"].notna().any():
-        fig, ax = plt.subplots(figsize=(4.8, 3.4))
-        arms = tables.arm_numbers
-        g = stats.arm_stats(df, "gmacs", keys, "t")
-        if several:
-            sns.scatterplot(data=done, x="gmacs", y=primary, ax=ax, alpha=0.35, color="C0", label="one seed")
-        lo = (arms["mean"] - arms["lo"]).fillna(0).clip(lower=0)
-        hi = (arms["hi"] - arms["mean"]).fillna(0).clip(lower=0)
-        ax.errorbar(g["mean"], arms["mean"], yerr=[lo, hi], fmt="o", color="C3", capsize=3,
-                    label="mean, 95% CI" if several else "one run")
-        for i, x, y in zip(arms.index, g["mean"], arms["mean"]):
-            ax.annotate(", ".join(f"{k.split('.')[-1]}={arms.at[i, k]}" for k in keys), (x, y),
-                        textcoords="offset points", xytext=(4, 4), fontsize=7)
-        ax.margins(x=0.2, y=0.1)
-        ax.set_xlabel("GMACs per image (fvcore)")
-        ax.set_ylabel(METRICS[primary])
-        ax.set_title(f"{df.attrs['name']}: {'accuracy' if primary == 'top1' else METRICS[primary]} vs compute")
-        ax.legend(fontsize=7)
-        files.update(_save(fig, out / f"{primary}_vs_gmacs", formats))
+    # the score against compute, and a detector's box AP against its backbone's classification top-1
+    # (the paper's two tables side by side) when the backbones differ in it
+    xs = {"gmacs": ("GMACs per image (fvcore)", "vs compute", 1)}
+    if primary != "top1":
+        xs["backbone_top1"] = (METRICS["backbone_top1"], "vs the backbone's classification top-1", 2)
+    for x, (xlabel, title, at_least) in xs.items():
+        if primary in ACCURACY_METRICS and x in done.columns and done[x].notna().any() \
+                and done[x].nunique() >= at_least:
+            fig = _against(done, df, tables, keys, primary, x, several, xlabel, title)
+            files.update(_save(fig, out / f"{primary}_vs_{x}", formats))
     paired = tables.paired
     if paired is not None and (~paired["is_baseline"] & paired["delta"].notna()).any():
         rows = paired[~paired["is_baseline"] & paired["delta"].notna()]
-        labels = [", ".join(f"{k.split('.')[-1]}={rows.at[i, k]}" for k in keys) for i in rows.index]
+        labels = [", ".join(f"{k.split('.')[-1]}={_short(rows.at[i, k])}" for k in keys) for i in rows.index]
         fig, ax = plt.subplots(figsize=(5.2, 0.45 * len(rows) + 1.4))
         y = list(range(len(rows)))[::-1]
         lo = (rows["delta"] - rows["lo"]).fillna(0).clip(lower=0)
@@ -85,6 +76,40 @@ def sweep_figures(df, tables, out: Path, formats: tuple[str, ...]) -> dict[str, 
         ax.legend(fontsize=7)
         files.update(_save(fig, out / f"{primary}_delta_vs_baseline", formats))
     return files
+
+
+def _against(done, df, tables, keys, primary: str, x: str, several: bool, xlabel: str, title: str):
+    """The arms' ``primary`` (mean, 95% CI; each seed as a dot) against their mean ``x``."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    arms = tables.arm_numbers
+    g = stats.arm_stats(df, x, keys, "t")
+    if several:
+        sns.scatterplot(data=done, x=x, y=primary, ax=ax, alpha=0.35, color="C0", label="one seed")
+    lo = (arms["mean"] - arms["lo"]).fillna(0).clip(lower=0)
+    hi = (arms["hi"] - arms["mean"]).fillna(0).clip(lower=0)
+    ax.errorbar(g["mean"], arms["mean"], yerr=[lo, hi], fmt="o", color="C3", capsize=3,
+                label="mean, 95% CI" if several else "one run")
+    for i, xv, y in zip(arms.index, g["mean"], arms["mean"]):
+        ax.annotate(", ".join(f"{k.split('.')[-1]}={_short(arms.at[i, k])}" for k in keys), (xv, y),
+                    textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.margins(x=0.2, y=0.1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(METRICS[primary])
+    ax.set_title(f"{df.attrs['name']}: {'accuracy' if primary == 'top1' else METRICS[primary]} {title}",
+                 **({"fontsize": 9} if x != "gmacs" else {}))
+    ax.legend(fontsize=7)
+    return fig
+
+
+def _short(value, width: int = 24) -> str:
+    """An axis value as a point label: a path by its last part, anything longer than ``width`` cut."""
+    text = str(value)
+    if "/" in text and not text.startswith(("[", "{")):
+        text = text.rstrip("/").rsplit("/", 1)[-1] or text
+    return text if len(text) <= width else text[: width - 1] + "\u2026"
 
 
 def _save(fig, stem: Path, formats: tuple[str, ...]) -> dict[str, Path]:

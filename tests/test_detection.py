@@ -160,7 +160,27 @@ def test_backbone_starts_from_a_classification_run_dir(tmp_path):
     k = "stages.0.blocks.0.modulation.focal_layers.0.0.weight"
     w = grown.backbone.backbone.body.state_dict()[k]
     assert w.shape[-1] == 9 and torch.equal(w[..., 3:6, 3:6], cls_model.state_dict()[k])
-    assert w.abs().sum() == cls_model.state_dict()[k].abs().sum()
+    ring = w.clone()
+    ring[..., 3:6, 3:6] = 0
+    assert not ring.any()  # zeros around the classifier's kernel
+    # one focal level more (SRF -> LRF, as the official detection code grows them): q/ctx rows, old gates
+    # and the global gate copied, the new level's gate zero, its kernel the model's own initialisation
+    levels = cls_model.stages[0].blocks[0].modulation.focal_level
+    lrf = build_detector(resolve_detect_config(tiny_det(model={"focal_levels": levels + 1},
+                                                        detector={"backbone_init": str(run)})), 4)
+    got, ref = lrf.backbone.backbone.body.state_dict(), cls_model.state_dict()
+    for s, stage in enumerate(cls_model.stages):
+        dim = stage.blocks[0].modulation.dim
+        for part in ("weight", "bias"):
+            k = f"stages.{s}.blocks.0.modulation.f.{part}"
+            w, old = got[k], ref[k]
+            assert w.shape[0] == old.shape[0] + 1
+            assert torch.equal(w[: 2 * dim + levels], old[:-1]) and torch.equal(w[-1], old[-1]), k
+            assert not w[2 * dim + levels].any(), k  # the new level's gate row
+        for level in range(levels):
+            k = f"stages.{s}.blocks.0.modulation.focal_layers.{level}.0.weight"
+            assert torch.equal(got[k], ref[k]), k
+        assert f"stages.{s}.blocks.0.modulation.focal_layers.{levels}.0.weight" in got
     r = invoke("detect", "--set", f"detector.backbone_init={run}", "--set", "model.embed_dim=24",
                "--set", "model.depths=[1,1,1]", "--set", "model.patch_size=4", "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "does not fit" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

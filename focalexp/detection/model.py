@@ -121,7 +121,8 @@ def focalnet_backbone(cfg: DetectConfig) -> FeatureBackbone:
         body = create_model(knobs, features_only=True)
         if init != "random":
             path = _init_path(init)
-            load_state_into(body, fit_focal_kernels(read_state(path, "detector.backbone_init"), body),
+            load_state_into(body, expand_focal_levels(fit_focal_kernels(read_state(path, "detector.backbone_init"),
+                                                                        body), body),
                             source=f"detector.backbone_init '{path}'")
     if det.frozen_stages >= 0:
         _freeze(body.stem if hasattr(body, "stem") else None)
@@ -146,6 +147,45 @@ def fit_focal_kernels(obj: Any, model: nn.Module) -> dict:
             continue
         d = (t.shape[-1] - v.shape[-1]) // 2
         sd[k] = F.pad(v, (d, d, d, d)) if d > 0 else v[..., -d:v.shape[-2] + d, -d:v.shape[-1] + d].clone()
+    return sd
+
+
+def expand_focal_levels(sd: dict, model: nn.Module) -> dict:
+    """Checkpoint weights of fewer focal levels in ``model``'s layout, as the official detection code
+    starts an LRF backbone from SRF weights: in each focal modulation's ``f`` the q and context rows, the
+    old levels' gate rows and the global gate row are copied, the new levels' gate rows are zero (their
+    contexts start switched off), and the new levels' kernels keep ``model``'s initialisation. Applies to
+    the paper's modulation (gated, hierarchical, with global context); other layouts are left to the
+    strict check of the load, which names what does not fit."""
+    target = model.state_dict()
+    sd = dict(sd)
+    for name, mod in model.named_modules():
+        if not (hasattr(mod, "focal_layers") and getattr(mod, "gates", None) is not None
+                and getattr(mod, "global_context", None) is not None and getattr(mod, "hierarchical_sum", False)):
+            continue
+        w, b = sd.get(f"{name}.f.weight"), sd.get(f"{name}.f.bias")
+        tw = target[f"{name}.f.weight"]
+        dim, gates = mod.dim, mod.num_gates
+        if w is None or w.dim() != 2 or w.shape[1] != dim or tw.shape[0] == w.shape[0]:
+            continue
+        old = w.shape[0] - 2 * dim  # the checkpoint's gates: its levels + the global one
+        if not 2 <= old < gates or (b is not None and b.shape != (w.shape[0],)):
+            continue
+
+        def grow(t: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros((2 * dim + gates, *t.shape[1:]), dtype=t.dtype)
+            out[: 2 * dim + old - 1] = t[: 2 * dim + old - 1]  # q, ctx, the old levels' gates
+            out[-1] = t[-1]  # the global gate
+            return out
+
+        sd[f"{name}.f.weight"] = grow(w)
+        if b is not None:
+            sd[f"{name}.f.bias"] = grow(b)
+        for level in range(old - 1, mod.focal_level):
+            prefix = f"{name}.focal_layers.{level}."
+            for k, v in target.items():
+                if k.startswith(prefix) and k not in sd:
+                    sd[k] = v.clone()
     return sd
 
 
@@ -244,5 +284,5 @@ def build_detector(cfg: DetectConfig, num_classes: int) -> nn.Module:
                 detections_per_img=det.detections_per_img, **common)
 
 
-__all__ = ["build_detector", "backbone_origin", "focalnet_backbone", "timm_backbone", "fit_focal_kernels", "FeatureBackbone",
-           "BackboneWithFPN", "ChannelNorm"]
+__all__ = ["build_detector", "backbone_origin", "focalnet_backbone", "timm_backbone", "fit_focal_kernels",
+           "expand_focal_levels", "FeatureBackbone", "BackboneWithFPN", "ChannelNorm"]

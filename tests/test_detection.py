@@ -40,7 +40,8 @@ SWIN = {"timm": "swin_tiny_patch4_window7_224", "img_size": 64, "window_size": 4
 def test_detector_trains_and_resumes_bit_exactly(tmp_path, model, arch):
     """Stopped after each epoch and resumed = uninterrupted, bit for bit (weights, optimizer, COCOeval
     numbers): RPN/RoI sampling, multi-scale and flips draw from restored RNG streams."""
-    raw = tiny_det(detector={"arch": arch, "min_size": [56, 64], "fpn_channels": 64 if arch == "fcos" else 32})
+    raw = tiny_det(detector={"arch": arch, "min_size": [56, 64], "fpn_channels": 64 if arch == "fcos" else 32},
+                   train={"ema": arch == "fcos", "ema_decay": 0.9})  # FCOS: with an EMA of the weights
     if model is not None:  # Swin-T (28 M parameters): one step per epoch is enough to test the resume
         raw["model"] = model
         raw["data"] = {"train_size": 8, "val_size": 4}
@@ -49,6 +50,7 @@ def test_detector_trains_and_resumes_bit_exactly(tmp_path, model, arch):
     for key in ("box_ap", "box_ap50", "box_ap75", "box_ap_s"):
         assert 0.0 <= full[key] <= 100.0, key
     assert (full.get("mask_ap") is not None) == (arch == "maskrcnn")
+    assert (full.get("ema_box_ap") is not None) == (arch == "fcos")
     staged = resolve_detect_config({**raw, "train": {**raw["train"], "stop_after_epochs": 1}})
     results = [train_detector(staged, tmp_path / "staged", progress=False) for _ in range(2)]
     assert [r["status"] for r in results] == ["stopped", "done"]

@@ -251,3 +251,14 @@ def test_trackers_config():
         resolve_run_config(tiny_run(train={"trackers": "wandb"}))
     with pytest.raises(ConfigError, match=r"^train\.log_every: expected >= 1"):
         resolve_run_config(tiny_run(train={"log_every": 0}))
+
+
+def test_a_detection_rows_coco_numbers_become_eval_scalars():
+    from focalexp.train.trackers import epoch_scalars
+
+    row = {"epoch": 3, "train_loss": 1.5, "box_ap": 12.5, "box_ap50": 30.0, "box_ap_m": None, "mask_ap75": 4,
+           "box_ap_per_class": {"disk": 3.0}, "box_ap_context": 7.0, "ema_box_ap": 13.0, "ema_mask_ap": 9.0,
+           "detections": 120}
+    assert epoch_scalars(row) == {"epoch": 3, "train_epoch/loss": 1.5, "eval/box_ap": 12.5, "eval/box_ap50": 30.0,
+                                  "eval/mask_ap75": 4, "eval/box_ap_context": 7.0, "eval_ema/box_ap": 13.0,
+                                  "eval_ema/mask_ap": 9.0}

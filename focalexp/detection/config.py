@@ -304,8 +304,6 @@ def validate(cfg: DetectConfig, data_present: bool = True) -> None:
     for k in ("mixup", "cutmix", "smoothing"):
         if getattr(t, k):
             raise ConfigError("a classification knob; detection has no use for it (keep 0)", key=f"train.{k}")
-    if t.ema:
-        raise ConfigError("not supported for detection yet (keep false)", key="train.ema")
     check_optimizer(t.opt)
     check_trackers(t.trackers)
     if t.amp == "fp16" and t.device == "cpu":

@@ -110,6 +110,7 @@ class DetectionTrainer(Trainer):
         for k in ("top1", "top5", "eval_loss", "ema_top1", "best_top1"):
             base.pop(k, None)
         keys = [f"{p}_{k}" for p in ("box", "mask") for k in STAT_KEYS] + ["box_ap_context", "box_ap_per_class"]
+        keys += [f"ema_{k}" for k in keys if not k.endswith("per_class")]  # train.ema: the EMA weights' numbers
         base.update({k: last[k] for k in keys if k in last})
         base["best_box_ap"] = self.best_top1 if self.best_top1 >= 0 else None
         return base

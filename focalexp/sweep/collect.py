@@ -17,6 +17,7 @@ METRICS = {
     "box_ap": "box AP", "box_ap50": "box AP50", "box_ap75": "box AP75", "box_ap_s": "box AP small",
     "box_ap_m": "box AP medium", "box_ap_l": "box AP large", "mask_ap": "mask AP", "mask_ap50": "mask AP50",
     "mask_ap75": "mask AP75", "box_ap_context": "box AP context class", "best_box_ap": "best box AP",
+    "ema_box_ap": "EMA box AP", "ema_mask_ap": "EMA mask AP",
     "backbone_top1": "backbone top-1 (%)", "backbone_gmacs": "backbone GMACs",
     "params": "params (M)", "gmacs": "GMACs", "gmacs_elementwise": "GMACs (incl. elementwise)",
     "images_per_s": "images/s", "train_images_per_s": "train images/s", "step_ms": "step (ms)",

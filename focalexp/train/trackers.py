@@ -333,8 +333,9 @@ def epoch_scalars(row: Mapping[str, Any]) -> dict[str, Any]:
     for k, v in row.items():
         if k in EPOCH_SCALARS:
             out[EPOCH_SCALARS[k]] = v
-        elif k.startswith(DETECTION_PREFIXES) and isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[f"eval/{k}"] = v
+        elif k.removeprefix("ema_").startswith(DETECTION_PREFIXES) and isinstance(v, (int, float)) \
+                and not isinstance(v, bool):
+            out[f"eval_ema/{k[4:]}" if k.startswith("ema_") else f"eval/{k}"] = v
         elif k.startswith("ema_") and k[4:] in EPOCH_SCALARS:
             out[EPOCH_SCALARS[k[4:]].replace("eval/", "eval_ema/")] = v
     return out

@@ -131,9 +131,11 @@ def test_a_run_that_raises_and_a_cancelled_job_are_reported_without_hanging(tmp_
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.startswith(f"cancelled 1 run(s): {by_dev['cpu'].run_id}"), r.stdout + r.stderr
 
-    def settled():
+    def settled():  # and accounted: under load sacct records a finished job seconds later (until then the
+        # failure is read from the job's own files, without the scheduler's state)
         st = {s.axes["train.device"]: s for s in status(sw)}
-        return st if st["cuda"].state == "failed" and st["cpu"].state == "cancelled" else None
+        done = st["cuda"].state == "failed" and st["cpu"].state == "cancelled"
+        return st if done and st["cuda"].scheduler_state is not None else None
 
     st = wait_for(settled, 180)
     assert sacct_states([long_job])[long_job].startswith("CANCELLED")

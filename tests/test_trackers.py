@@ -45,6 +45,12 @@ EPOCH_ENDS = [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
 def test_tensorboard_logs_every_step_and_epoch_and_a_resume_repeats_no_step(tmp_path):
     cfg = resolve_run_config(_staged(clip_grad=1.0))  # grad norm from clip_grad_norm_
     run = tmp_path / "run"
+    # the event files of this test, all in one second and one process, get counters 8, 9 and 10: by name
+    # the resumed run's (10) would sort before the killed process's (9), unless it waits for the next second
+    from tensorboard.summary.writer import event_file_writer
+
+    if hasattr(event_file_writer._global_uid, "_value"):
+        event_file_writer._global_uid._value = 8
     assert train(cfg, run, progress=False)["status"] == "stopped"
     # a process killed after its last checkpoint had logged steps that the resumed run will log again
     from torch.utils.tensorboard import SummaryWriter

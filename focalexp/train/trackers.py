@@ -27,6 +27,7 @@ import json
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
@@ -113,6 +114,22 @@ class Tracker:
 
 
 # ---------------------------------------------------------------------------- built-in trackers
+def _after_existing_event_files(folder: Path, most_s: float = 2.0) -> None:
+    """Wait (at most ``most_s``) until this second is past the newest event file's in ``folder``. The readers
+    take a folder's event files in name order, ``events.out.tfevents.<second>.<host>.<pid>.<counter>``, and
+    apply a resumed run's purge only to the files read before it: a file started in the same second by
+    another process (or by this one, its counter at 10 against 9) could sort after it and keep the steps
+    that were to be dropped."""
+    newest = 0
+    for p in folder.glob("events.out.tfevents.*") if folder.is_dir() else ():
+        second = p.name.split(".")[3]
+        if second.isdigit():
+            newest = max(newest, int(second))
+    deadline = time.monotonic() + most_s  # a file from the future (another node's clock): not waited for
+    while int(time.time()) <= newest and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 class TensorBoardTracker(Tracker):
     """Event files in ``RUN/tb/``; ``tensorboard --logdir sweeps/NAME/runs`` shows every run of a sweep."""
 
@@ -125,6 +142,7 @@ class TensorBoardTracker(Tracker):
         # purge_step: events a killed process wrote after its last checkpoint are dropped by the readers
         # (TensorBoard, EventAccumulator); step start_step itself was logged before that checkpoint
         purge = run.start_step + 1 if run.resumed else 0
+        _after_existing_event_files(run.run_dir / "tb")
         self.writer = SummaryWriter(log_dir=str(run.run_dir / "tb"), purge_step=purge, flush_secs=30)
 
     def log(self, scalars: Mapping[str, float], step: int) -> None:

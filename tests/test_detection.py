@@ -338,3 +338,17 @@ def test_box_ap_beside_the_backbones_top1_in_results_reports_and_figures(tmp_pat
                                          data={"train_size": 8, "val_size": 4}, train={"epochs": 1}))
     res = train_detector(cfg, tmp_path / "det", progress=False)
     assert res["status"] == "done" and res["backbone_top1"] is None and res["backbone_run"] is None
+
+
+def test_a_timm_convnet_backbone_trains_and_evaluates(tmp_path):
+    """ConvNeXt-T from timm (NCHW maps, unlike Swin's NHWC): the four stages feed the FPN, one epoch trains
+    and COCOeval scores it; its stages' channels are what the FPN was built for."""
+    raw = tiny_det(data={"train_size": 4, "val_size": 2}, train={"epochs": 1, "batch_size": 4})
+    raw["model"] = {"timm": "convnext_tiny"}
+    cfg = resolve_detect_config(raw)
+    res = train_detector(cfg, tmp_path / "run", progress=False)
+    assert res["status"] == "done" and res["box_ap"] is not None and res["model"] == "convnext_tiny"
+    from focalexp.detection.model import build_detector
+
+    body = build_detector(cfg, 4).backbone.backbone
+    assert not body.nhwc and body.channels == [96, 192, 384, 768]

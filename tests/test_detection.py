@@ -13,7 +13,7 @@ from focalexp.detection.trainer import train_detector
 from focalexp.train.loop import read_metrics
 
 from .conftest import invoke
-from .test_train import _same_metrics, _same_state
+from .test_train import _same_metrics, _same_state, sigterm_after_first_checkpoint
 
 # Shapes-det at 64 px, slim heads: a step takes a fraction of a second
 TINY_DET = {
@@ -218,10 +218,8 @@ def test_sigterm_mid_epoch_then_rerun_is_exact_and_tensorboard_gets_box_ap(tmp_p
     """``focalexp detect`` stopped by SIGTERM mid-epoch (what a scheduler sends) leaves last.pth and an
     ``interrupted`` result; the same command again continues to the uninterrupted run's numbers, and
     TensorBoard holds the COCOeval numbers of every epoch once (``eval/box_ap``, ``eval/box_ap50``, ...)."""
-    import signal
     import subprocess
     import sys
-    import time
 
     import yaml
 
@@ -234,17 +232,8 @@ def test_sigterm_mid_epoch_then_rerun_is_exact_and_tensorboard_gets_box_ap(tmp_p
     cfg.write_text(yaml.safe_dump(raw))
     out = tmp_path / "cut"
     cmd = [sys.executable, "-m", "focalexp", "detect", str(cfg), "--out", str(out)]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (out / "last.pth").exists() and p.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    p.send_signal(signal.SIGTERM)
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == 130, err
-    assert "run the same command again to continue" in err
-    st = torch.load(out / "last.pth", weights_only=True)
-    assert (st["epoch"], st["step"]) != (2, 0)  # stopped before the end
-    assert json.loads((out / "result.json").read_text())["status"] == "interrupted"
+    sigterm_after_first_checkpoint(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+                                   out, epochs=2)
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     _same_metrics(read_metrics(tmp_path / "ref"), read_metrics(out))

@@ -113,23 +113,30 @@ def test_sigterm_mid_epoch_then_resume_is_exact(tmp_path):
                    train={"epochs": 2, "checkpoint_every_steps": 4})
     ref = train(resolve_run_config(raw), tmp_path / "ref")
     out = tmp_path / "cut"
-    p = _run_cli("--out", str(out), *_set_args(raw))
-    deadline = time.time() + 120
-    while not (out / "last.pth").exists() and p.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    p.send_signal(signal.SIGTERM)
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == 130, err
-    assert "run the same command again to continue" in err
-    st = torch.load(out / "last.pth", weights_only=True)
-    assert st["format"] == RUN_FORMAT and (st["epoch"], st["step"]) != (2, 0)  # stopped before the end
-    assert json.loads((out / "result.json").read_text())["status"] == "interrupted"
+    st = sigterm_after_first_checkpoint(_run_cli("--out", str(out), *_set_args(raw)), out, epochs=2)
+    assert st["format"] == RUN_FORMAT
     p = _run_cli("--out", str(out), *_set_args(raw))
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err
     _same_metrics(read_metrics(tmp_path / "ref"), read_metrics(out))
     _same_state(tmp_path / "ref", out)
     assert json.loads((out / "result.json").read_text())["top1"] == ref["top1"]
+
+
+def sigterm_after_first_checkpoint(p: subprocess.Popen, out: Path, epochs: int) -> dict:
+    """SIGTERM the training process ``p`` once ``out/last.pth`` exists (what a scheduler sends); checks that
+    it stopped as an interrupted run, before the end, and returns the checkpoint it left."""
+    deadline = time.time() + 120
+    while not (out / "last.pth").exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "run the same command again to continue" in err
+    st = torch.load(out / "last.pth", weights_only=True)
+    assert (st["epoch"], st["step"]) != (epochs, 0)  # stopped before the end
+    assert json.loads((out / "result.json").read_text())["status"] == "interrupted"
+    return st
 
 
 def _children(pid: int) -> list[int]:

@@ -188,6 +188,52 @@ def test_backbone_starts_from_a_classification_run_dir(tmp_path):
     assert r.returncode == 2 and "does not fit" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+@pytest.mark.parametrize("layout", ["official", "timm"])
+def test_backbone_starts_from_a_weights_file_in_another_layout(tmp_path, layout):
+    """``detector.backbone_init: FILE`` in microsoft/FocalNet's layout (``{'model': ...}``) or timm's:
+    converted by layout detection, every stage's weights land in the detection backbone exactly."""
+    from focalexp.detection.model import build_detector
+    from focalexp.models.checkpoint import state_dict_in_layout
+    from focalexp.models.factory import create_model
+
+    cls_model = create_model({**TINY_DET["model"], "num_classes": 2, "img_size": 64})
+    sd = state_dict_in_layout(cls_model, layout)
+    path = tmp_path / f"{layout}.pth"
+    torch.save({"model": sd} if layout == "official" else sd, path)
+    det = build_detector(resolve_detect_config(tiny_det(detector={"backbone_init": str(path)})), 4)
+    body = det.backbone.backbone.body.state_dict()
+    mine = {k: v for k, v in cls_model.state_dict().items() if not k.startswith(("head.", "norm."))}
+    assert mine and all(torch.equal(body[k], v) for k, v in mine.items())
+
+
+def test_a_timm_backbone_starts_from_a_timm_weights_file(tmp_path):
+    """A timm Swin-T detector from a file of timm's classifier weights (timm's own filter maps them into
+    the features_only model): the backbone holds exactly those weights; random init would not."""
+    import timm
+
+    from focalexp.detection.model import build_detector
+
+    cls_model = timm.create_model(SWIN["timm"], img_size=64, window_size=4, num_classes=3)
+    path = tmp_path / "swin.pth"
+    torch.save(cls_model.state_dict(), path)
+    raw = tiny_det(detector={"backbone_init": str(path)})
+    raw["model"] = dict(SWIN)
+    import re
+
+    body = build_detector(resolve_detect_config(raw), 4).backbone.backbone.body.state_dict()
+    body = {re.sub(r"^layers_(\d+)", r"layers.\1", k): v for k, v in body.items()}  # timm's feature wrapper
+    ref = cls_model.state_dict()
+    assert set(body) <= set(ref) and len(body) >= len(ref) - 4  # all but the head (and final norm)
+    assert all(torch.equal(v, ref[k]) for k, v in body.items())
+    # another architecture's weights: one line naming what does not fit, nothing written
+    other = tmp_path / "convnext.pth"
+    torch.save(timm.create_model("convnext_tiny", num_classes=3).state_dict(), other)
+    r = invoke("detect", "--set", f"model.timm={SWIN['timm']}", "--set", "model.img_size=64",
+               "--set", f"detector.backbone_init={other}", "--out", str(tmp_path / "bad"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "does not fit" in r.stderr and "Missing key(s)" in r.stderr and not (tmp_path / "bad").exists()
+
+
 def test_a_local_detection_sweep_reports_box_ap(tmp_path):
     """``task: detect`` through the local backend: two runs, their COCOeval numbers collected, the report
     comparing box AP (its figures named after it), status showing box AP."""

@@ -208,11 +208,20 @@ def timm_backbone(cfg: DetectConfig) -> FeatureBackbone:
 
         path = _init_path(init)
         sd, _ = unwrap(read_state(path, "detector.backbone_init"))
+        # a classifier's weights: its head is not part of the backbone (timm builds it with no classes and
+        # loads strictly, so the head's keys would not fit; anything else that does not fit still fails)
+        from timm.models import get_pretrained_cfg_value
+
+        heads = get_pretrained_cfg_value(name, "classifier") or ()
+        heads = (heads,) if isinstance(heads, str) else tuple(heads)
+        sd = {k: v for k, v in sd.items() if not any(k.startswith(h + ".") for h in heads)}
         kwargs.update(pretrained=True, pretrained_cfg_overlay={"state_dict": sd, "num_classes": 0})
     try:
         body = timm.create_model(name, features_only=True, **kwargs)
     except (RuntimeError, KeyError) as e:
-        line = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()] or [type(e).__name__]
+        # torch's load_state_dict: a header line, then what is missing / unexpected / of another shape
+        line = (lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0])[:160]
         if init != "random":
             raise CheckpointError(f"detector.backbone_init '{init}' does not fit timm's {name} ({line})") from None
         raise ConfigError(f"timm cannot build {name} with {kwargs} ({line})", key="model") from None

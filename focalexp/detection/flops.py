@@ -424,5 +424,5 @@ def run_gmacs(cfg: DetectConfig) -> tuple[float, float]:
     return _run_gmacs(json.dumps(cfg.to_dict(), sort_keys=True))
 
 
-__all__ = ["flops_config", "counted_size", "run_gmacs", "DetectorFlops", "PaperDetector", "PAPER_DETECTORS", "PAPER_SIZE", "PARTS", "detector_flops",
-           "backbone_name", "paper_row", "paper_kernels"]
+__all__ = ["flops_config", "counted_size", "run_gmacs", "DetectorFlops", "PaperDetector", "PAPER_DETECTORS",
+           "PAPER_SIZE", "PARTS", "detector_flops", "backbone_name", "paper_row", "paper_kernels"]

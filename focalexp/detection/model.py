@@ -72,11 +72,15 @@ class BackboneWithFPN(nn.Module):
         return self.fpn(OrderedDict((k, feats[k]) for k in self.keep))
 
 
-def _init_path(init: str) -> str:
+def _run_dir(init: str) -> str | None:
+    """``detector.backbone_init`` as a classification run dir (a folder with ``best.pth``), else None."""
     path = os.path.expandvars(os.path.expanduser(init))
-    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "best.pth")):
-        return os.path.join(path, "best.pth")  # a classification run dir
-    return path
+    return path if os.path.isdir(path) and os.path.isfile(os.path.join(path, "best.pth")) else None
+
+
+def _init_path(init: str) -> str:
+    run = _run_dir(init)
+    return os.path.join(run, "best.pth") if run else os.path.expandvars(os.path.expanduser(init))
 
 
 def backbone_origin(cfg: DetectConfig) -> dict[str, Any]:
@@ -92,11 +96,11 @@ def backbone_origin(cfg: DetectConfig) -> dict[str, Any]:
 
     out: dict[str, Any] = {"backbone_run": None, "backbone_top1": None}
     init = cfg.detector.backbone_init
-    path = os.path.expandvars(os.path.expanduser(init))
-    if init == "random" or not os.path.isfile(os.path.join(path, "best.pth")):
+    run = None if init == "random" else _run_dir(init)
+    if run is None:
         return out
     try:
-        res = read_json_object(os.path.join(path, "result.json"), "result.json")
+        res = read_json_object(os.path.join(run, "result.json"), "result.json")
     except FocalexpError:
         return out
     top1 = res.get("best_top1", res.get("top1"))

@@ -142,7 +142,8 @@ class TensorBoardTracker(Tracker):
         # purge_step: events a killed process wrote after its last checkpoint are dropped by the readers
         # (TensorBoard, EventAccumulator); step start_step itself was logged before that checkpoint
         purge = run.start_step + 1 if run.resumed else 0
-        _after_existing_event_files(run.run_dir / "tb")
+        if run.resumed:
+            _after_existing_event_files(run.run_dir / "tb")
         self.writer = SummaryWriter(log_dir=str(run.run_dir / "tb"), purge_step=purge, flush_secs=30)
 
     def log(self, scalars: Mapping[str, float], step: int) -> None:

@@ -18,6 +18,19 @@ import difflib
 from typing import Iterable
 
 
+def _from_worker(message: str, cls: type) -> str:
+    """The one line of an error re-raised by torch's DataLoader from a worker process. torch rebuilds it
+    as ``cls("Caught <cls> in DataLoader worker process N.\\nOriginal Traceback ...<module>.<cls>: <line>")``
+    (only the type and the formatted text cross the process boundary); the user gets ``<line>``."""
+    if not (message.startswith("Caught ") and "\nOriginal Traceback" in message):
+        return message
+    last = message.rstrip().rsplit("\n", 1)[-1]
+    for name in (f"{cls.__module__}.{cls.__qualname__}: ", f"{cls.__qualname__}: "):
+        if last.startswith(name):
+            return last[len(name):]
+    return message
+
+
 class FocalexpError(Exception):
     """Base class for errors caused by user input (bad config, unknown name, unreadable file).
 
@@ -31,6 +44,7 @@ class FocalexpError(Exception):
     def __init__(self, message: str = "", *, key: str | None = None, unknown: bool = False,
                  suggestion: str | None = None, noun: str = "key", run: str | None = None,
                  axis: str | None = None) -> None:
+        message = _from_worker(message, type(self))
         super().__init__(message)
         self.message = message
         self.key = key

@@ -127,6 +127,48 @@ def read_json_object(path: str | os.PathLike, what: str, max_bytes: int = 1 << 2
     return obj
 
 
+MAX_PIXELS = 64 * 2**20  # an image file is untrusted: a few KB of PNG can decode to gigapixels
+
+
+@contextlib.contextmanager
+def open_image(path: str | os.PathLike, what: str, *, base: Path | None = None,
+               max_pixels: int = MAX_PIXELS) -> Iterator:
+    """An untrusted image file opened with PIL (header read, nothing decoded yet), or one
+    :class:`ConfigError` line naming ``what`` and the file: missing, a directory, outside ``base`` (a link
+    or ``..``; when given), not an image, more than ``max_pixels`` pixels (a decompression bomb, refused
+    before decoding), or damaged (truncated: found when the body decodes the pixels)."""
+    import warnings
+
+    from PIL import Image
+
+    if base is not None and inside(base, path) is None:
+        raise ConfigError(f"{what}: '{path}' leads outside '{base}' (a link or '..'); refused")
+    p = input_file(path, what)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    raise ConfigError(f"{what}: '{p}' is {w}x{h} = {w * h:,} pixels, more than {max_pixels:,}; "
+                                      "refused (resize it first)")
+                yield im
+    except ConfigError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ConfigError(f"{what}: '{p}' decodes to too many pixels ({e}); refused") from None
+    except Exception as e:  # noqa: BLE001 - PIL reports damage as many exception types
+        why = " ".join(str(e).split())[:120] or type(e).__name__
+        raise ConfigError(f"{what}: '{p}' is not a readable image ({why})") from None
+
+
+def read_image(path: str | os.PathLike, what: str, *, base: Path | None = None, max_pixels: int = MAX_PIXELS,
+               mode: str = "RGB"):
+    """A PIL image in ``mode`` from an untrusted file (decoded), with the checks of :func:`open_image`."""
+    with open_image(path, what, base=base, max_pixels=max_pixels) as im:
+        return im.convert(mode)
+
+
 def _first_non_dir_parent(p: Path) -> Path | None:
     for parent in reversed(p.parents):
         if parent.exists() and not parent.is_dir():

@@ -251,3 +251,175 @@ def test_coco_root_layout_errors_are_one_line_naming_the_path(tmp_path, monkeypa
     with pytest.raises(ConfigError) as e:
         coco_root_files(None, "val")
     assert "$COCO_ROOT" in str(e.value)
+
+
+# -- an untrusted COCO instances file: every field pycocotools (C, no bounds checks) or torch would trust
+def _rle(mask: np.ndarray) -> dict:
+    r = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": r["size"], "counts": r["counts"].decode()}
+
+
+def _runs(mask: np.ndarray) -> list[int]:
+    """Uncompressed COCO RLE: column-major run lengths, starting with a run of zeros."""
+    flat, runs, cur, n = mask.flatten(order="F"), [], 0, 0
+    for v in flat:
+        if v != cur:
+            runs.append(n)
+            cur, n = v, 0
+        n += 1
+    return runs + [n]
+
+
+def test_rle_string_counts_reads_what_pycocotools_writes():
+    from focalexp.data.coco import rle_string_counts
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        h, w = rng.integers(1, 70, 2)
+        mask = rng.random((h, w)) < rng.random()
+        assert rle_string_counts(_rle(mask)["counts"]) == _runs(mask)
+    big = np.zeros((640, 480), bool)
+    big[100:500, 10:470] = True  # long runs: counts of several 5-bit groups, differences across rows
+    assert rle_string_counts(_rle(big)["counts"]) == _runs(big)
+    for bad in ("o" * 40, "\x01", "0" * 3 + "`", "é"):  # too long, out of the alphabet, ends inside a count
+        assert rle_string_counts(bad) is None
+
+
+def _seg_poly(a):
+    a["segmentation"] = [[0, 0, 1e9, 0, 1e9, 1e9]]  # pycocotools' rasteriser crashed the process on this
+
+
+def _with(**kv):
+    return lambda a: a.update(kv)
+
+
+HOSTILE_ANNOTATIONS = {  # mutation of annotations[0] (or the whole dict) -> words the one line must hold
+    "polygon-far-outside": (_seg_poly, "a polygon leaves the 64x64 image"),
+    "polygon-odd": (_with(segmentation=[[1, 2, 3, 4, 5]]), "at least 3 (x, y)"),
+    "polygon-strings": (_with(segmentation=[["a", "b", "c", "d", "e", "f"]]), "at least 3 (x, y)"),
+    "segmentation-string": (_with(segmentation="abc"), "list of polygons or an RLE"),
+    "rle-size-huge": (_with(segmentation={"size": [100000, 100000], "counts": "abc"}), "[64, 64]"),
+    "rle-size-strings": (_with(segmentation={"size": ["64", "64"], "counts": []}), "'size'"),
+    "rle-counts-overflow": (_with(segmentation={"size": [64, 64], "counts": "o" * 40}), "compressed COCO RLE"),
+    "rle-counts-short": (_with(segmentation={"size": [64, 64], "counts": [5, 3]}), "cover the 4096 pixels"),
+    "rle-counts-negative": (_with(segmentation={"size": [64, 64], "counts": [-5, 4101]}), "non-negative"),
+    "rle-counts-floats": (_with(segmentation={"size": [64, 64], "counts": [4096.0]}), "list of integers"),
+    "bbox-huge": (_with(bbox=[0, 0, 1e30, 1e30]), "inside its 64x64 image"),
+    "bbox-negative-size": (_with(bbox=[10, 10, -5, -5]), "inside its 64x64 image"),
+    "bbox-bools": (_with(bbox=[True, 0, 1, 1]), "four numbers"),
+    "area-missing": (lambda a: a.pop("area"), "'area'"),
+    "area-string": (_with(area="big"), "'area'"),
+    "area-negative": (_with(area=-1), "'area'"),
+    "iscrowd-string": (_with(iscrowd="yes"), "'iscrowd'"),
+    "iscrowd-two": (_with(iscrowd=2), "'iscrowd'"),
+    "id-bool": (_with(id=True), "unique integer 'id'"),
+    "id-huge": (_with(id=1 << 70), "unique integer 'id'"),
+    "category-unknown": (_with(category_id=1 << 70), "unknown image_id"),
+    "image-unknown": (_with(image_id="1"), "unknown image_id"),
+}
+HOSTILE_FILES = {  # mutation of the whole dict
+    "annotation-not-object": (lambda d: d["annotations"].append(5), "annotations[", "not an object"),
+    "annotation-id-twice": (lambda d: d["annotations"][1].update(id=d["annotations"][0]["id"]), "annotations[1]"),
+    "image-not-object": (lambda d: d["images"].append([]), "images[", "not an object"),
+    "file-name-dotdot": (lambda d: d["images"][0].update(file_name="../../etc/passwd"), "'../../etc/passwd'"),
+    "file-name-absolute": (lambda d: d["images"][0].update(file_name="/etc/passwd"), "'/etc/passwd'"),
+    "file-name-empty": (lambda d: d["images"][0].update(file_name=""), "file_name"),
+    "file-name-nul": (lambda d: d["images"][0].update(file_name="a\0b.png"), "file_name"),
+    "file-name-number": (lambda d: d["images"][0].update(file_name=5), "file_name"),
+    "image-gigapixel": (lambda d: d["images"][0].update(width=10**6, height=10**6), "'width' and 'height'"),
+    "image-width-string": (lambda d: d["images"][0].update(width="64"), "'width' and 'height'"),
+    "category-name-number": (lambda d: d["categories"][0].update(name=5), "categories[0]", "'name'"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE_ANNOTATIONS) + sorted(HOSTILE_FILES))
+def test_a_hostile_instances_file_is_one_line_naming_the_item(kind, tmp_path):
+    _, data = generate_shapes(3, seed=11)
+    if kind in HOSTILE_ANNOTATIONS:
+        mutate, *needles = HOSTILE_ANNOTATIONS[kind]
+        mutate(data["annotations"][0])
+        needles.append("annotations[0]")
+    else:
+        mutate, *needles = HOSTILE_FILES[kind]
+        mutate(data)
+    ann = tmp_path / "instances_val2017.json"
+    ann.write_text(json.dumps(data))
+    with pytest.raises(ConfigError) as e:
+        read_coco_annotations(ann)
+    text = _one_line_naming(e, ann)
+    for needle in needles:
+        assert needle in text, text
+
+
+def test_valid_rle_crowds_and_subfolders_pass_and_give_pycocotools_masks(tmp_path):
+    """What the checks must not refuse: compressed and uncompressed RLE (COCO's crowd regions), boxes
+    reaching a pixel past the border (converters round), images in a subfolder; the masks are
+    pycocotools' own."""
+    from pycocotools.coco import COCO
+
+    root, _, data = _coco_root(tmp_path.resolve() / "coco", n=3)
+    mask = np.zeros((64, 64), bool)
+    mask[10:20, 5:30] = True
+    data["annotations"][0].update(segmentation=_rle(mask), iscrowd=0)
+    data["annotations"][1].update(segmentation={"size": [64, 64], "counts": _runs(mask)}, iscrowd=1)
+    data["annotations"][2].update(bbox=[-0.5, 0, 64.9, 10])
+    folder = root / "val2017"
+    (folder / "sub").mkdir()
+    name = data["images"][0]["file_name"]
+    (folder / name).rename(folder / "sub" / name)
+    data["images"][0]["file_name"] = f"sub/{name}"
+    ann = root / "annotations" / "instances_val2017.json"
+    ann.write_text(json.dumps(data))
+    ds = CocoDetection(root, "val")
+    ref = COCO(str(ann))
+    for i, image_id in enumerate(ds.ids):
+        _, t = ds[i]
+        anns = [a for a in ref.imgToAnns[image_id] if a["bbox"][2] > 0 and a["bbox"][3] > 0]
+        expect = np.stack([ref.annToMask(a) for a in anns]) if anns else np.zeros((0, 64, 64), np.uint8)
+        assert np.array_equal(t["masks"].numpy(), expect)
+        assert t["iscrowd"].tolist() == [a.get("iscrowd", 0) for a in anns]
+
+
+def test_image_files_are_checked_when_the_split_opens(tmp_path):
+    """From the header, before anything runs: a link out of the folder, a file that is not an image, a
+    decompression bomb, a size other than the annotation's, a missing file; a truncated body is found
+    when the item is read. Each is one line naming the file."""
+    from PIL import Image
+
+    root, _, data = _coco_root(tmp_path.resolve() / "coco", n=3)
+    folder = root / "val2017"
+    path = folder / data["images"][1]["file_name"]
+    good = path.read_bytes()
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(good)
+
+    def opened(why: str) -> None:
+        with pytest.raises(ConfigError) as e:
+            CocoDetection(root, "val")
+        assert why in str(e.value) and "image 2" in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+    path.unlink()
+    path.symlink_to(outside)
+    opened("leads outside")
+    path.unlink()
+    opened("no such file")
+    path.write_text("not an image")
+    opened("not a readable image")
+    Image.new("L", (20000, 20000)).save(path)  # 400 Mpx of zeros: a few hundred KB of PNG
+    opened("too many pixels")
+    Image.new("RGB", (32, 50)).save(path)
+    opened("is 32x50; its annotation says 64x64")
+    path.write_bytes(good[: len(good) // 2])
+    ds = CocoDetection(root, "val")  # the header is intact
+    ds[0]
+    with pytest.raises(ConfigError) as e:
+        ds[1]
+    assert "truncated" in str(e.value) and str(path) in str(e.value)
+
+
+def test_limit_keeps_the_first_images_and_their_ground_truth(tmp_path):
+    root, _, data = _coco_root(tmp_path.resolve() / "coco", n=4)
+    ds = CocoDetection(root, "val", limit=2)
+    assert len(ds) == 2 and ds.ids == [1, 2]
+    assert sorted(ds.coco.getImgIds()) == [1, 2]
+    assert sorted(ds.coco.getAnnIds()) == sorted(a["id"] for a in data["annotations"] if a["image_id"] <= 2)

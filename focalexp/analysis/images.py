@@ -52,35 +52,13 @@ class ImageBatch:
         return self.tensor.shape[0]
 
 
-MAX_PIXELS = 64 * 2**20  # an image file is untrusted: a few KB of PNG can decode to gigapixels
-
-
 def read_image(path: str | os.PathLike, what: str = "--image"):
     """An RGB PIL image from a file a user passed, or one line saying why not (missing, a directory,
-    not an image, truncated, or more than :data:`MAX_PIXELS` pixels: a decompression bomb)."""
-    import warnings
+    not an image, truncated, or more than :data:`~focalexp.fileio.MAX_PIXELS` pixels: a decompression
+    bomb); :func:`focalexp.fileio.read_image`."""
+    from ..fileio import read_image as _read
 
-    from PIL import Image
-
-    from ..fileio import input_file
-
-    p = input_file(path, what)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as im:
-                w, h = im.size
-                if w * h > MAX_PIXELS:
-                    raise ConfigError(f"{what}: '{p}' is {w}x{h} = {w * h:,} pixels, more than {MAX_PIXELS:,}; "
-                                      "refused (resize it first)")
-                return im.convert("RGB")
-    except ConfigError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ConfigError(f"{what}: '{p}' decodes to too many pixels ({e}); refused") from None
-    except Exception as e:  # noqa: BLE001 - PIL reports damage as many exception types
-        why = " ".join(str(e).split())[:120] or type(e).__name__
-        raise ConfigError(f"{what}: '{p}' is not a readable image ({why})") from None
+    return _read(path, what)
 
 
 def load_images(

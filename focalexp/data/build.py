@@ -8,6 +8,8 @@ batches whatever the number of loader workers, the sharding over ranks, or a res
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from ..errors import ConfigError
+from ..fileio import inside, read_image
 from .config import (CIFAR_MEAN, CIFAR_STD, DATASETS, FASHION_MNIST_MEAN, FASHION_MNIST_STD, IMAGE_SUFFIXES,
                      DataConfig, check_data, default_img_size, fashion_mnist_files, input_channels, num_classes_of,
                      resolve_root)
@@ -212,6 +215,30 @@ class CifarBatches(Dataset):
         return (self.transform(img) if self.transform is not None else img), self.targets[i]
 
 
+def refuse_links_out(root: Path) -> None:
+    """One line if a link under ``root`` leads outside it, or back into a folder that contains it (a cycle).
+
+    ImageFolder follows links, so an image root could otherwise feed a run any file on the machine;
+    every image is also read through :func:`~focalexp.fileio.read_image` with the root as its base. Files
+    are known from the directory listing (no stat per file); only folders are resolved."""
+    base = root.resolve()
+
+    def walk(folder: Path, chain: frozenset) -> None:
+        with os.scandir(folder) as entries:
+            for e in entries:
+                if e.is_symlink() and inside(base, e.path) is None:
+                    raise ConfigError(f"'{e.path}' is a link leading outside '{root}'; every image must lie "
+                                      "inside the data root", key="data.root")
+                if e.is_dir():
+                    real = Path(e.path).resolve()
+                    if real in chain:
+                        raise ConfigError(f"'{e.path}' is a link back to '{real}', a folder that holds it (a "
+                                          "cycle)", key="data.root")
+                    walk(Path(e.path), chain | {real})
+
+    walk(root, frozenset({base}))
+
+
 def build_data(cfg: DataConfig, seed: int, in_chans: int = 3) -> DataBundle:
     """The training and validation datasets of a run; ``in_chans``: the model's input channels (1 or 3 for
     grayscale datasets, whose images are then repeated; :func:`~focalexp.data.config.input_channels`)."""
@@ -248,9 +275,11 @@ def build_data(cfg: DataConfig, seed: int, in_chans: int = 3) -> DataBundle:
         from torchvision import datasets
 
         root = resolve_root(cfg)
+        refuse_links_out(root)
+        loader = functools.partial(read_image, what="data.root", base=root.resolve())
         t_train, t_val = _image_transforms(cfg, size, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
-        train = datasets.ImageFolder(str(root / "train"), transform=t_train)
-        val = datasets.ImageFolder(str(root / "val"), transform=t_val)
+        train = datasets.ImageFolder(str(root / "train"), transform=t_train, loader=loader)
+        val = datasets.ImageFolder(str(root / "val"), transform=t_val, loader=loader)
         classes = tuple(train.classes)
     train = SeededItems(_cap(train, cfg.train_size, seed), seed)
     val = SeededItems(_cap(val, cfg.val_size, seed + 1), seed)

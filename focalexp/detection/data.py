@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
+
+from ..errors import ConfigError
 
 from .config import DetectConfig
 
@@ -50,10 +52,6 @@ class HFlip(Dataset):
         return image, target
 
 
-def _cap(ds: Dataset, n: int | None) -> Dataset:
-    return ds if n is None or n >= len(ds) else Subset(ds, range(n))  # type: ignore[arg-type]
-
-
 def build_det_data(cfg: DetectConfig) -> DetData:
     """The training and validation sets of ``cfg`` (shapes generated here; coco read from its root)."""
     from ..data.build import SeededItems
@@ -74,24 +72,14 @@ def build_det_data(cfg: DetectConfig) -> DetData:
         from ..data.coco import CocoDetection
 
         root = os.path.expandvars(d.root) if d.root else None
-        train_full = CocoDetection(root, "train")
-        val_full = CocoDetection(root, "val")
-        train = _cap(train_full, n_train)
-        val = _cap(val_full, n_val)
-        classes, category_of = train_full.classes, val_full.category_of
-        val_coco = val_full.coco if n_val is None or n_val >= len(val_full) else _sub_coco(val_full, n_val)
+        train = CocoDetection(root, "train", limit=n_train)
+        val_set = CocoDetection(root, "val", limit=n_val)
+        if (val_set.classes, val_set.category_of) != (train.classes, train.category_of):
+            raise ConfigError("the COCO val split's categories (ids, names) differ from the train split's: labels "
+                              "would be scored as other classes", key="data.root")
+        val, classes, category_of, val_coco = val_set, train.classes, val_set.category_of, val_set.coco
     train = SeededItems(HFlip(train, d.hflip), cfg.seed)
     return DetData(train, val, len(classes), tuple(classes), val_coco, category_of)
-
-
-def _sub_coco(ds, n: int):
-    """The ground truth of the first ``n`` images of a :class:`CocoDetection` (a capped validation set)."""
-    from ..data.shapes_det import coco_from_dict
-
-    keep = set(ds.ids[:n])
-    full = ds.coco.dataset
-    return coco_from_dict({**full, "images": [im for im in full["images"] if im["id"] in keep],
-                           "annotations": [a for a in full["annotations"] if a["image_id"] in keep]})
 
 
 def collate(batch: list) -> tuple:

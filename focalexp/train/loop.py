@@ -523,6 +523,12 @@ class Trainer:
             if main:
                 self._write(self.out / "result.json", lambda: write_json(self.out / "result.json", result))
             return result
+        except FocalexpError as e:  # input found bad only once read (a damaged image): failed, and said once
+            if main:
+                with contextlib.suppress(OSError):
+                    write_json(self.out / "result.json", {**self._result_base(), **self._summary(),
+                                                          "status": "failed", "reason": str(e)})
+            raise
         done = epoch >= t.epochs
         result = {**self._result_base(), **self._summary(), "status": "done" if done else "stopped",
                   "reason": "" if done else f"stop_after_epochs: paused after epoch {epoch}; run again to continue"}

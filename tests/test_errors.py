@@ -79,3 +79,23 @@ def test_the_old_config_modules_are_aliases_that_warn(old):
         mod = importlib.reload(importlib.import_module(f"focalexp.{old}"))
     from focalexp import config
     assert mod.parse_yaml is config.parse_yaml and mod.apply_overrides is config.apply_overrides
+
+
+class _Refuses:
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int):
+        raise ConfigError("'x.png' is not a readable image (truncated)", key="data.root")
+
+
+def test_an_error_from_a_dataloader_worker_keeps_its_one_line():
+    """torch re-raises a worker's exception as ``type(e)(text with the worker's traceback)``; a
+    FocalexpError keeps the line the worker raised."""
+    from torch.utils.data import DataLoader
+
+    with pytest.raises(ConfigError) as e:
+        next(iter(DataLoader(_Refuses(), batch_size=2, num_workers=1)))
+    assert str(e.value) == "data.root: 'x.png' is not a readable image (truncated)"
+    plain = ConfigError("Caught ValueError in DataLoader worker")  # only torch's whole shape is unwrapped
+    assert str(plain) == "Caught ValueError in DataLoader worker"

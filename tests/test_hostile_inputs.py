@@ -366,6 +366,102 @@ case("imagefolder-class-mismatch", [*TRAIN, "--set", "data.dataset=imagefolder",
      setup=image_folder(classes=("a", "b"), val=("a", "c")))
 case("imagefolder-root-is-a-file", [*TRAIN, "--set", "data.dataset=imagefolder", "--set", "data.root={tmp}/f.txt",
                                     "--out", "{tmp}/run"], "data.root", "not a directory", setup=write("f.txt", "x"))
+IMAGEFOLDER = [*TRAIN, "--set", "data.dataset=imagefolder", "--set", "data.root={tmp}/data", "--set", "data.img_size=32",
+               "--out", "{tmp}/run"]
+
+
+def linked(rel: str, target: str) -> Callable[[Path], None]:
+    """``rel`` a link to ``target`` (both under the test's directory; the target made an image if new)."""
+    def _setup(tmp: Path) -> None:
+        from PIL import Image
+
+        t = tmp / target
+        if not t.exists():
+            t.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8)).save(t)
+        (tmp / rel).symlink_to(t)
+    return _setup
+
+
+case("imagefolder-image-link-out", IMAGEFOLDER, "data.root", "links to '{tmp}/outside.png', outside",
+     setup=both(image_folder(), linked("data/train/a/1.png", "outside.png")))
+case("imagefolder-folder-link-out", IMAGEFOLDER, "data.root", "train/b/more' links to '{tmp}/elsewhere', outside",
+     setup=both(image_folder(), linked("elsewhere.png", "elsewhere/x.png"),
+                lambda tmp: (tmp / "data/train/b/more").symlink_to(tmp / "elsewhere")))
+case("imagefolder-link-cycle", IMAGEFOLDER, "data.root", "a cycle",
+     setup=both(image_folder(), lambda tmp: (tmp / "data/train/a/loop").symlink_to(tmp / "data/train")))
+
+
+def coco_root(mutate: Callable[[dict], None] | None = None, hook: Callable[[Path], None] | None = None,
+              val_mutate: Callable[[dict], None] | None = None):
+    """A COCO root of four Shapes-det images (both splits the same), its instances file mutated."""
+    def _setup(tmp: Path) -> None:
+        import copy
+
+        from PIL import Image
+
+        from focalexp.data.shapes_det import generate_shapes
+
+        images, data = generate_shapes(4, seed=11)
+        (tmp / "coco" / "annotations").mkdir(parents=True)
+        for split in ("train", "val"):
+            (tmp / "coco" / f"{split}2017").mkdir()
+            for info, im in zip(data["images"], images):
+                Image.fromarray(im.transpose(1, 2, 0)).save(tmp / "coco" / f"{split}2017" / info["file_name"])
+            d = copy.deepcopy(data)
+            for m in (mutate, val_mutate if split == "val" else None):
+                if m:
+                    m(d)
+            (tmp / "coco" / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(d))
+        if hook:
+            hook(tmp / "coco")
+    return _setup
+
+
+def first_ann(**kv) -> Callable[[dict], None]:
+    return lambda d: d["annotations"][0].update(kv)
+
+
+def first_image_file(write_it: Callable[[Path], None]) -> Callable[[Path], None]:
+    def _hook(root: Path) -> None:
+        for split in ("train", "val"):
+            p = root / f"{split}2017" / "shapes_11_0000001.png"
+            p.unlink()
+            write_it(p)
+    return _hook
+
+
+COCO = ["detect", "--set", "data.dataset=coco", "--set", "data.root={tmp}/coco", "--set", "train.epochs=1",
+        "--set", "train.batch_size=2", "--set", "train.trackers=[]", "--out", "{tmp}/run"]
+case("coco-polygon-far-outside", COCO, "annotations[0]", "polygon leaves the 64x64 image",
+     setup=coco_root(first_ann(segmentation=[[0, 0, 1e9, 0, 1e9, 1e9]])))  # crashed the process (C rasteriser)
+case("coco-rle-size-huge", COCO, "annotations[0]", "[100000, 100000]",
+     setup=coco_root(first_ann(segmentation={"size": [100000, 100000], "counts": "abc"})))
+case("coco-rle-counts-overrun", COCO, "annotations[0]", "compressed COCO RLE",
+     setup=coco_root(first_ann(segmentation={"size": [64, 64], "counts": "o" * 40})))
+case("coco-rle-counts-negative", COCO, "annotations[0]", "non-negative",
+     setup=coco_root(first_ann(segmentation={"size": [64, 64], "counts": [-5, 4101]})))
+case("coco-bbox-huge", COCO, "annotations[0]", "'bbox'", setup=coco_root(first_ann(bbox=[0, 0, 1e30, 1e30])))
+case("coco-area-missing", COCO, "annotations[0]", "'area'", setup=coco_root(lambda d: d["annotations"][0].pop("area")))
+case("coco-iscrowd-string", COCO, "annotations[0]", "'iscrowd'", setup=coco_root(first_ann(iscrowd="yes")))
+case("coco-file-name-dotdot", COCO, "images[0]", "'../../../etc/passwd'",
+     setup=coco_root(lambda d: d["images"][0].update(file_name="../../../etc/passwd")))
+case("coco-image-gigapixel", COCO, "images[0]", "'width' and 'height'",
+     setup=coco_root(lambda d: d["images"][0].update(width=10**6, height=10**6)))
+case("coco-category-without-name", COCO, "categories[0]", "'name'",
+     setup=coco_root(lambda d: d["categories"][0].pop("name")))
+case("coco-image-link-out", COCO, "image 1", "leads outside",
+     setup=both(lambda tmp: (tmp / "outside.png").write_bytes(_png(64)),
+                coco_root(hook=first_image_file(lambda p: p.symlink_to(p.parents[2] / "outside.png")))))
+case("coco-image-not-an-image", COCO, "image 1", "not a readable image",
+     setup=coco_root(hook=first_image_file(lambda p: p.write_text("<html>"))))
+case("coco-image-bomb", COCO, "image 1", "too many pixels",
+     setup=coco_root(hook=first_image_file(lambda p: __import__("PIL.Image").Image.new("L", (20000, 20000)).save(p))))
+case("coco-image-wrong-size", COCO, "image 1", "is 32x50; its annotation says 64x64",
+     setup=coco_root(hook=first_image_file(lambda p: __import__("PIL.Image").Image.new("RGB", (32, 50)).save(p))))
+case("coco-image-missing", COCO, "image 1", "no such file", setup=coco_root(hook=first_image_file(lambda p: None)))
+case("coco-split-categories-differ", COCO, "data.root", "categories (ids, names) differ",
+     setup=coco_root(val_mutate=lambda d: d["categories"][0].update(name="other")))
 case("cifar-hostile-batches", [*TRAIN, "--set", "data.dataset=cifar10", "--set", "data.root={tmp}/cifar",
                                "--out", "{tmp}/run"], "data.root", "refused",
      setup=lambda tmp: hostile.cifar_root(tmp / "cifar", tmp / MARKER) and None)

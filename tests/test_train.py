@@ -489,3 +489,31 @@ def test_a_full_disk_stops_the_run_and_a_rerun_with_space_continues(tmp_path, sm
     _same_metrics(read_metrics(ref), read_metrics(out))
     _same_state(ref, out)
     assert json.loads((out / "result.json").read_text())["status"] == "done"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not-an-image", "bomb"])
+def test_an_image_found_damaged_mid_run_is_one_line_and_the_run_ends_failed(tmp_path, run, damage):
+    """An ImageFolder image is read only when its batch comes (a header check of a million files would
+    cost more than the run's first minutes): found damaged there, in a DataLoader worker process, the
+    user gets the one line naming the file (not the worker's traceback), exit 2, and result.json says
+    failed with that reason (not "running" forever)."""
+    from PIL import Image
+
+    from .conftest import make_image_folder
+
+    root = make_image_folder(tmp_path / "data", n_train=6, n_val=2)
+    bad = root / "train" / "dark" / "3.png"
+    if damage == "truncated":
+        bad.write_bytes(bad.read_bytes()[:200])
+    elif damage == "not-an-image":
+        bad.write_text("<html>")
+    else:
+        Image.new("L", (20000, 20000)).save(bad)
+    p = run("train", "--set", "data.dataset=imagefolder", "--set", f"data.root={root}", "--set", "data.img_size=32",
+            "--set", "data.workers=2", "--set", "model.embed_dim=16", "--set", "model.depths=[1,1,1]",
+            "--set", "train.batch_size=4", "--set", "train.epochs=1", "--out", str(tmp_path / "run"), check_rc=2)
+    assert "Traceback" not in p.stderr and "worker" not in p.stderr, p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("focalexp train: error: data.root: ") and str(bad) in last, p.stderr
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["status"] == "failed" and str(bad) in result["reason"]

@@ -227,8 +227,8 @@ def refuse_links_out(root: Path) -> None:
         with os.scandir(folder) as entries:
             for e in entries:
                 if e.is_symlink() and inside(base, e.path) is None:
-                    raise ConfigError(f"'{e.path}' is a link leading outside '{root}'; every image must lie "
-                                      "inside the data root", key="data.root")
+                    raise ConfigError(f"'{e.path}' links to '{os.path.realpath(e.path)}', outside '{root}'; every "
+                                      "image must lie inside the data root", key="data.root")
                 if e.is_dir():
                     real = Path(e.path).resolve()
                     if real in chain:

@@ -465,6 +465,24 @@ case("coco-split-categories-differ", COCO, "data.root", "categories (ids, names)
 case("cifar-hostile-batches", [*TRAIN, "--set", "data.dataset=cifar10", "--set", "data.root={tmp}/cifar",
                                "--out", "{tmp}/run"], "data.root", "refused",
      setup=lambda tmp: hostile.cifar_root(tmp / "cifar", tmp / MARKER) and None)
+def cifar_lie(**change) -> Callable[[Path], None]:
+    """A CIFAR-10 folder of plain (code-free) batches, one of which says ``change``."""
+    def _setup(tmp: Path) -> None:
+        import pickle
+
+        d = tmp / "cifar" / "cifar-10-batches-py"
+        d.mkdir(parents=True)
+        for k, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
+            batch = {"data": np.zeros((4, 3072), np.uint8), "labels": [0, 1, 2, 3], **(change if k == 2 else {})}
+            (d / name).write_bytes(pickle.dumps(batch, protocol=2))
+        (d / "batches.meta").write_bytes(pickle.dumps({"label_names": list("abcdefghij")}, protocol=2))
+    return _setup
+
+
+case("cifar-label-out-of-range", [*TRAIN, "--set", "data.dataset=cifar10", "--set", "data.root={tmp}/cifar", "--out",
+                                  "{tmp}/run"], "data_batch_3", "label 500 at item 3", setup=cifar_lie(labels=[0, 1, 2, 500]))
+case("cifar-float-pixels", [*TRAIN, "--set", "data.dataset=cifar10", "--set", "data.root={tmp}/cifar", "--out",
+                            "{tmp}/run"], "data_batch_3", "float64 data", setup=cifar_lie(data=np.zeros((4, 3072))))
 case("cifar-missing", [*TRAIN, "--set", "data.dataset=cifar10", "--set", "data.root={tmp}", "--out", "{tmp}/run"],
      "no cifar10")
 FM = [*TRAIN, "--set", "data.dataset=fashion_mnist", "--set", "data.root={tmp}/fm", "--out", "{tmp}/run"]

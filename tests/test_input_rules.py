@@ -92,6 +92,43 @@ def test_cifar_hostile_batch_is_refused_before_it_runs(tmp_path):
     assert not (tmp_path / "MARKER").exists()
 
 
+CIFAR_LIES = {  # what a batch (or the meta file) says -> words of the one line
+    "label-out-of-range": ({"labels": [0, 1, 2, 500]}, "label 500 at item 3; cifar10's labels are 0-9"),
+    "label-negative": ({"labels": [0, -1, 2, 3]}, "label -1 at item 1"),
+    "labels-floats": ({"labels": [0.5, 1.0, 2.0, 3.0]}, "not a list of integers"),
+    "labels-string": ({"labels": "abcd"}, "not a list of integers"),
+    "labels-bools": ({"labels": [True, False, True, False]}, "not a list of integers"),
+    "labels-too-few": ({"labels": [0, 1]}, "4 images but 2 labels"),
+    "data-floats": ({"data": np.zeros((4, 3072))}, "float64 data of shape (4, 3072)"),
+    "data-objects": ({"data": np.array([None] * 4 * 3072, dtype=object).reshape(4, 3072)}, "object data"),
+    "data-wrong-width": ({"data": np.zeros((4, 100), np.uint8)}, "shape (4, 100)"),
+    "meta-two-names": ("meta", "has no label_names (10 strings)"),
+}
+
+
+@pytest.mark.parametrize("lie", sorted(CIFAR_LIES))
+def test_a_cifar_batch_that_lies_is_one_line_naming_the_file(tmp_path, lie):
+    """Labels out of range used to fail mid-run in the loss (an IndexError traceback); float or object
+    pixels in PIL; a two-name meta file trained a 10-class model with 2 class names."""
+    from focalexp.data.build import CifarBatches
+
+    _cifar10(tmp_path)
+    change, words = CIFAR_LIES[lie]
+    d = tmp_path / "cifar-10-batches-py"
+    if change == "meta":
+        path, obj = d / "batches.meta", {"label_names": ["a", "b"]}
+    else:
+        path = d / "data_batch_3"
+        with open(path, "rb") as f:
+            obj = {**pickle.load(f, encoding="latin1"), **change}
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+    with pytest.raises(ConfigError) as e:
+        CifarBatches(tmp_path, "cifar10", train=True)
+    text = str(e.value)
+    assert "\n" not in text and f"'{path}'" in text and words in text, text
+
+
 def test_setup_lines_run_only_when_allowed():
     from focalexp.sweep.launcher import check_launcher
     from focalexp.sweep.spec import LauncherConfig

@@ -165,25 +165,34 @@ class CifarBatches(Dataset):
 
     def __init__(self, root: Path, dataset: str, train: bool, transform=None) -> None:
         folder, train_files, test_files, meta, names_key, labels_key = self.FILES[dataset]
+        n_classes = 100 if dataset == "cifar100" else 10
         base = Path(root) / folder
+        names = self._read(base / meta).get(names_key)
+        if not isinstance(names, list) or len(names) != n_classes or not all(isinstance(n, str) for n in names):
+            raise ConfigError(f"data.root: '{base / meta}' has no {names_key} ({n_classes} strings)")
         data, targets = [], []
         for name in train_files if train else test_files:
             entry = self._read(base / name)
-            labels = entry.get("labels", entry.get(labels_key))
-            if not isinstance(entry.get("data"), np.ndarray) or labels is None:
-                raise ConfigError(f"data.root: '{base / name}' is not a {dataset} batch (no data/labels)")
-            data.append(entry["data"])
-            targets.extend(int(t) for t in labels)
-        try:
-            self.data = np.vstack(data).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        except ValueError as e:
-            raise ConfigError(f"data.root: '{base}' holds batches of the wrong shape ({e})") from None
-        if len(self.data) != len(targets):
-            raise ConfigError(f"data.root: '{base}' has {len(self.data)} images but {len(targets)} labels")
-        names = self._read(base / meta).get(names_key)
-        if not isinstance(names, list):
-            raise ConfigError(f"data.root: '{base / meta}' has no {names_key}")
-        self.classes = [str(n) for n in names]
+            x, labels = entry.get("data"), entry.get("labels", entry.get(labels_key))
+            where = f"data.root: '{base / name}'"
+            if not isinstance(x, np.ndarray) or labels is None:
+                raise ConfigError(f"{where} is not a {dataset} batch (no data/labels)")
+            if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * 32 * 32:
+                raise ConfigError(f"{where} holds {x.dtype} data of shape {x.shape}; a {dataset} batch holds uint8 "
+                                  "rows of 3072 pixels")
+            y = np.asarray(labels) if isinstance(labels, (list, tuple, np.ndarray)) else None
+            if y is None or y.ndim != 1 or (len(y) and y.dtype.kind not in "iu"):
+                raise ConfigError(f"{where} holds labels that are not a list of integers")
+            if len(y) and (y.min() < 0 or y.max() >= n_classes):
+                k = int(np.flatnonzero((y < 0) | (y >= n_classes))[0])
+                raise ConfigError(f"{where} holds label {int(y[k])} at item {k}; {dataset}'s labels are "
+                                  f"0-{n_classes - 1}")
+            if len(y) != len(x):
+                raise ConfigError(f"{where} has {len(x)} images but {len(y)} labels")
+            data.append(x)
+            targets.extend(int(t) for t in y)
+        self.data = np.vstack(data).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        self.classes = list(names)
         self.targets = targets
         self.transform = transform
 

@@ -204,3 +204,21 @@ def gzip_bomb(n_declared: int = 2, inflated: int = 64 << 20) -> bytes:
         out.append(c.compress(block))
     out.append(c.flush())
     return b"".join(out)
+
+
+# -- images
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A real greyscale PNG of ``width x height`` zero pixels: a few hundred KB that decode to
+    ``width * height`` bytes (PIL's own ``save`` of such an image takes ~10 s; this ~1 s)."""
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    packer = zlib.compressobj(9)
+    row = bytes(1 + width)  # the row's filter byte (none) and its pixels
+    body = b"".join(packer.compress(row * 256) for _ in range(height // 256))
+    body += packer.compress(row * (height % 256)) + packer.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", body) + chunk(b"IEND", b""))

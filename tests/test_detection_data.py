@@ -17,6 +17,8 @@ from focalexp.data.coco import CocoDetection, coco_root_files, read_coco_annotat
 from focalexp.data.shapes_det import CLASSES, FRAME, GAP, THICK, ShapesDetection, _chunk, coco_from_dict, generate_shapes
 from focalexp.errors import ConfigError
 
+from . import hostile
+
 from pycocotools import mask as mask_utils  # a declared dependency: missing, these tests fail
 from pycocotools.cocoeval import COCOeval
 
@@ -405,7 +407,7 @@ def test_image_files_are_checked_when_the_split_opens(tmp_path):
     opened("no such file")
     path.write_text("not an image")
     opened("not a readable image")
-    Image.new("L", (20000, 20000)).save(path)  # 400 Mpx of zeros: a few hundred KB of PNG
+    path.write_bytes(hostile.png_bomb(20000, 20000))  # 400 Mpx of zeros: a few hundred KB of PNG
     opened("too many pixels")
     Image.new("RGB", (32, 50)).save(path)
     opened("is 32x50; its annotation says 64x64")

@@ -456,7 +456,7 @@ case("coco-image-link-out", COCO, "image 1", "leads outside",
 case("coco-image-not-an-image", COCO, "image 1", "not a readable image",
      setup=coco_root(hook=first_image_file(lambda p: p.write_text("<html>"))))
 case("coco-image-bomb", COCO, "image 1", "too many pixels",
-     setup=coco_root(hook=first_image_file(lambda p: __import__("PIL.Image").Image.new("L", (20000, 20000)).save(p))))
+     setup=coco_root(hook=first_image_file(lambda p: p.write_bytes(hostile.png_bomb(20000, 20000)))))
 case("coco-image-wrong-size", COCO, "image 1", "is 32x50; its annotation says 64x64",
      setup=coco_root(hook=first_image_file(lambda p: __import__("PIL.Image").Image.new("RGB", (32, 50)).save(p))))
 case("coco-image-missing", COCO, "image 1", "no such file", setup=coco_root(hook=first_image_file(lambda p: None)))

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..fileio import MAX_PIXELS  # noqa: F401 - its home was here; kept importable
 
 PHOTO_DIR = Path(__file__).resolve().parent.parent / "assets" / "photos"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..train.distributed import all_reduce_sum
-from ..train.loop import EpochBatches, Trainer
+from ..train.loop import EpochBatches, Trainer, batches
 from .config import DetectConfig
 from .data import build_det_data, collate
 
@@ -63,10 +63,11 @@ class DetectionTrainer(Trainer):
                                              collate_fn=collate)
         masks = self.cfg.detector.arch == "maskrcnn"
         results: list[dict] = []
-        for images, targets in loader:
-            with self._autocast():
-                outputs = model([im.to(self.device) for im in images])
-            results += to_coco_results(outputs, [t["image_id"] for t in targets], self.data.category_of, masks)
+        with batches(loader) as items:
+            for images, targets in items:
+                with self._autocast():
+                    outputs = model([im.to(self.device) for im in images])
+                results += to_coco_results(outputs, [t["image_id"] for t in targets], self.data.category_of, masks)
         if self.dist.world_size > 1:
             gathered: list = [None] * self.dist.world_size
             torch.distributed.all_gather_object(gathered, results)  # our own processes' plain lists

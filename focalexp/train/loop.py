@@ -772,9 +772,25 @@ def train(cfg: RunConfig, out: str | os.PathLike, *, resume: str | os.PathLike |
     from .multiprocess import train_multiprocess
 
     find_resume(out, cfg, resume)  # bad input answers here, once, in one line
-    train_multiprocess(cfg.to_dict(), str(out), nproc, progress, None if resume is None else str(resume),
-                       None if provenance is None else dict(provenance), trainer)
+    try:
+        train_multiprocess(cfg.to_dict(), str(out), nproc, progress, None if resume is None else str(resume),
+                           None if provenance is None else dict(provenance), trainer)
+    except FocalexpError as e:  # found mid-run by one process; the others were stopped wherever they were
+        _mark_failed(Path(out) / "result.json", str(e))
+        raise
     return json.loads((Path(out) / "result.json").read_text())
+
+
+def _mark_failed(path: Path, reason: str) -> None:
+    """``result.json`` of a run that ended on bad input: what it says, with status failed and ``reason``."""
+    from ..fileio import read_json_object
+
+    try:
+        result = read_json_object(path, "result.json")
+    except ConfigError:
+        result = {}
+    with contextlib.suppress(OSError):
+        write_json(path, {**result, "status": "failed", "reason": reason})
 
 
 RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "ema", "epoch", "step", "global_step", "best_top1",

@@ -216,3 +216,30 @@ def inside(base: Path, path: str | os.PathLike) -> Path | None:
 def usable_cores() -> int:
     """CPU cores this process may run on (its affinity mask, e.g. a SLURM allocation), not the machine's."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def machine_memory_gb() -> float | None:
+    """This machine's physical memory in GiB (``MemTotal``), or None where /proc/meminfo cannot tell."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) / 2**20
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_generated_fits(n_train: int, n_val: int, bytes_per_item: int, what: str, key_prefix: str = "data") -> None:
+    """One line if a generated dataset (``n_train + n_val`` items, ``bytes_per_item`` at the generator's
+    peak) cannot fit this machine's memory: a spec's ``train_size: 1e9`` would otherwise run until the
+    kernel's OOM killer ends the process, without a word. The key named is the larger of the two sizes."""
+    gb = machine_memory_gb()
+    n = n_train + n_val
+    if gb is None or n * bytes_per_item <= gb * 2**30:
+        return
+    key = f"{key_prefix}.train_size" if n_train >= n_val else f"{key_prefix}.val_size"
+    fits = int(gb * 2**30 // bytes_per_item)
+    raise ConfigError(f"{n:,} generated {what} (train + val) need about {n * bytes_per_item / 2**30:,.1f} GiB of "
+                      f"memory; this machine has {gb:.1f} GiB: about {fits:,} fit", key=key)
+

@@ -483,6 +483,11 @@ case("cifar-label-out-of-range", [*TRAIN, "--set", "data.dataset=cifar10", "--se
                                   "{tmp}/run"], "data_batch_3", "label 500 at item 3", setup=cifar_lie(labels=[0, 1, 2, 500]))
 case("cifar-float-pixels", [*TRAIN, "--set", "data.dataset=cifar10", "--set", "data.root={tmp}/cifar", "--out",
                             "{tmp}/run"], "data_batch_3", "float64 data", setup=cifar_lie(data=np.zeros((4, 3072))))
+# generated data that cannot fit any machine: the OOM killer ended the process without a word (exit 137)
+case("pathfinder-size-beyond-memory", ["train", "--set", "data.train_size=1000000000", "--out", "{tmp}/run"],
+     "data.train_size", "1,000,002,000 generated 32x32 Pathfinder images", "GiB of memory")
+case("shapes-det-size-beyond-memory", ["detect", "--set", "data.val_size=1000000000", "--out", "{tmp}/run"],
+     "data.val_size", "generated 64 px Shapes-det images", "GiB of memory")
 case("cifar-missing", [*TRAIN, "--set", "data.dataset=cifar10", "--set", "data.root={tmp}", "--out", "{tmp}/run"],
      "no cifar10")
 FM = [*TRAIN, "--set", "data.dataset=fashion_mnist", "--set", "data.root={tmp}/fm", "--out", "{tmp}/run"]

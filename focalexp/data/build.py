@@ -22,6 +22,7 @@ from torch.utils.data import Dataset, Subset
 from ..errors import ConfigError
 from ..fileio import inside, read_image
 from .config import (CIFAR_MEAN, CIFAR_STD, DATASETS, FASHION_MNIST_MEAN, FASHION_MNIST_STD, IMAGE_SUFFIXES,
+                     PATHFINDER_SIZES,
                      DataConfig, check_data, default_img_size, fashion_mnist_files, input_channels, num_classes_of,
                      resolve_root)
 
@@ -261,8 +262,8 @@ def build_data(cfg: DataConfig, seed: int, in_chans: int = 3) -> DataBundle:
         from .pathfinder import PathfinderDataset
 
         # the data seed is fixed (not the run seed): seeds of a sweep see the same images
-        train = PathfinderDataset(cfg.train_size or 20000, seed=1, augment=cfg.augment, **kw)
-        val = PathfinderDataset(cfg.val_size or 2000, seed=2, **kw)
+        train = PathfinderDataset(cfg.train_size or PATHFINDER_SIZES[0], seed=1, augment=cfg.augment, **kw)
+        val = PathfinderDataset(cfg.val_size or PATHFINDER_SIZES[1], seed=2, **kw)
         return DataBundle(train, val, 2, size, PathfinderDataset.classes)
 
     if cfg.dataset == "fashion_mnist":

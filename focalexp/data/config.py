@@ -155,8 +155,17 @@ def _has_image(folder: Path) -> bool:
     return False
 
 
+PATHFINDER_SIZES = (20000, 2000)  # generated training and validation images when not set
+
+
 def check_data(cfg: DataConfig, on_disk: bool = True) -> None:
     """Validate the data section (values; with ``on_disk`` also paths and layouts) without loading images."""
+    if cfg.dataset == "pathfinder":
+        from ..fileio import check_generated_fits
+
+        s = default_img_size(cfg)  # measured peak while generating: the uint8 bank twice (6.2 KB per 32 px image)
+        check_generated_fits(cfg.train_size or PATHFINDER_SIZES[0], cfg.val_size or PATHFINDER_SIZES[1],
+                             2 * 3 * s * s, f"{s}x{s} Pathfinder images")
     if not on_disk:
         pass
     elif cfg.dataset == "imagefolder":

@@ -292,6 +292,11 @@ def validate(cfg: DetectConfig, data_present: bool = True) -> None:
                 coco_root_files(root, split)
     elif d.root is not None:
         raise ConfigError("shapes is generated from the seed; it has no root", key="data.root")
+    else:
+        from ..fileio import check_generated_fits
+
+        # measured peak while generating 8,000 64 px images: 30 KB each (pixels, masks, the COCO dicts)
+        check_generated_fits(*cfg.sizes(), 3 * 3 * d.img_size ** 2, f"{d.img_size} px Shapes-det images")
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
         raise ConfigError(f"expected two values in [0, 1), got {t.betas}", key="train.betas")
     if t.warmup_epochs >= t.epochs and t.epochs > 1:

@@ -18,19 +18,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ...errors import ConfigError
-from ...fileio import usable_cores
+from ...fileio import machine_memory_gb, usable_cores
 from .base import Backend, JobState, signal_text
-
-
-def machine_memory_gb() -> float | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) / 2**20
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def parallelism(lc) -> int:

@@ -488,6 +488,30 @@ case("pathfinder-size-beyond-memory", ["train", "--set", "data.train_size=100000
      "data.train_size", "1,000,002,000 generated 32x32 Pathfinder images", "GiB of memory")
 case("shapes-det-size-beyond-memory", ["detect", "--set", "data.val_size=1000000000", "--out", "{tmp}/run"],
      "data.val_size", "generated 64 px Shapes-det images", "GiB of memory")
+# models and batches that cannot fit: torch tried to allocate terabytes (an internal error after the run dir
+# was written) or the OOM killer ended the run without a word (focalexp.models.footprint)
+case("model-beyond-size-cap", [*TRAIN, "--set", "model.embed_dim=1000000", "--out", "{tmp}/run"], "model.embed_dim",
+     "B parameters (more than 3 B)")
+case("focal-levels-beyond-size-cap", [*TRAIN, "--set", "model.focal_levels=1000", "--out", "{tmp}/run"],
+     "model.focal_levels", "B parameters")
+case("depths-beyond-memory", [*TRAIN, "--set", "model.depths=[2000,2000,2000]", "--set", "model.embed_dim=32",
+                              "--set", "train.batch_size=128", "--set", "data.train_size=1000", "--out", "{tmp}/run"],
+     "train.batch_size", "GiB", "fit")
+case("cpu-batch-beyond-memory", [*TRAIN, "--set", "train.device=cpu", "--set", "model.embed_dim=256", "--set",
+                                 "train.batch_size=100000", "--set", "data.train_size=100000", "--out", "{tmp}/run"],
+     "train.batch_size", "images fit")
+case("eval-batch-beyond-memory", [*TRAIN, "--set", "eval.batch_size=100000000", "--out", "{tmp}/run"],
+     "eval.batch_size", "images fit")
+case("detect-eval-batch-beyond-memory", [*DETECT, "--set", "eval.batch_size=100000000", "--out", "{tmp}/run"],
+     "eval.batch_size", "images fit")
+case("sweep-axis-beyond-size-cap", ["sweep", "{tmp}/s.yaml"], "model.embed_dim", "B parameters",
+     setup=spec_file(grid={"model.embed_dim": [16, 1000000]}))
+case("detect-image-side-beyond-memory", [*DETECT, "--set", "detector.min_size=[50000]", "--set",
+                                         "detector.max_size=100000", "--out", "{tmp}/run"], "detector.min_size", "GiB")
+case("detect-fpn-beyond-size-cap", [*DETECT, "--set", "detector.fpn_channels=1000000", "--out", "{tmp}/run"],
+     "detector.fpn_channels", "B parameters")
+case("detect-backbone-beyond-size-cap", [*DETECT, "--set", "model.embed_dim=100000", "--out", "{tmp}/run"],
+     "model.embed_dim", "B parameters")
 case("cifar-missing", [*TRAIN, "--set", "data.dataset=cifar10", "--set", "data.root={tmp}", "--out", "{tmp}/run"],
      "no cifar10")
 FM = [*TRAIN, "--set", "data.dataset=fashion_mnist", "--set", "data.root={tmp}/fm", "--out", "{tmp}/run"]

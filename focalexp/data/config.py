@@ -158,6 +158,21 @@ def _has_image(folder: Path) -> bool:
 PATHFINDER_SIZES = (20000, 2000)  # generated training and validation images when not set
 
 
+# training images of the datasets on disk of known size (imagefolder: whatever its root holds)
+KNOWN_TRAIN_SIZES = {"fashion_mnist": 60000, "cifar10": 50000, "cifar100": 50000}
+
+
+def train_size_at_most(cfg: DataConfig) -> int | None:
+    """The most training images a run of ``cfg`` sees (Pathfinder: as many as it generates; on disk,
+    ``train_size`` caps the set), or None where unknown."""
+    if cfg.dataset == "pathfinder":
+        return cfg.train_size or PATHFINDER_SIZES[0]
+    known = KNOWN_TRAIN_SIZES.get(cfg.dataset)
+    if cfg.train_size is None:
+        return known
+    return cfg.train_size if known is None else min(cfg.train_size, known)
+
+
 def check_data(cfg: DataConfig, on_disk: bool = True) -> None:
     """Validate the data section (values; with ``on_disk`` also paths and layouts) without loading images."""
     if cfg.dataset == "pathfinder":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Optional
 
 from ..config import apply_overrides, build, content_hash, deep_merge, load_yaml, to_plain
@@ -314,6 +314,71 @@ def validate(cfg: DetectConfig, data_present: bool = True) -> None:
     if t.amp == "fp16" and t.device == "cpu":
         raise ConfigError("fp16 autocast needs a GPU; use bf16 on CPU", key="train.amp")
     _check_init(cfg, data_present)
+    # as for a classifier: a cpu run is checked against this machine's memory, any run against the size cap
+    check_memory(cfg, memory_gb=None if t.device == "cpu" else float("inf"))
+
+
+def head_footprint(det: DetectorConfig, stage_dims: tuple[int, ...], height: int, width: int) -> tuple[int, int]:
+    """``(parameters, activation bytes per image)`` of the FPN and the heads, under-estimated like the
+    backbone's (:mod:`focalexp.models.footprint`): FPN convs and the heads' convs and MLPs; per image,
+    ``fpn_channels`` values at every pyramid position x 3 (R-CNNs: the FPN and the RPN from stride 4) or
+    x 8 (one-stage: four-conv heads on two branches from stride 8), fitted like the backbone's ``K``."""
+    C = det.fpn_channels
+    two_stage = det.arch in ("maskrcnn", "fasterrcnn")
+    dims = stage_dims if two_stage else stage_dims[1:] or stage_dims
+    levels = len(dims) + (1 if two_stage else 2)
+    params = sum(d * C for d in dims) + 9 * C * C * len(dims)
+    if two_stage:
+        params += 9 * C * C + C * 49 * det.representation_size + det.representation_size ** 2
+        if det.arch == "maskrcnn":
+            params += 9 * C * det.mask_channels + 9 * det.mask_channels ** 2 * (det.mask_layers - 1)
+    else:
+        params += 72 * C * C
+    first = 4 if two_stage else 8
+    positions = sum(-(-height // (first * 2 ** i)) * -(-width // (first * 2 ** i)) for i in range(levels))
+    return params, 4 * C * positions * (3 if two_stage else 8)
+
+
+def check_memory(cfg: DetectConfig, processes: int = 1, memory_gb: float | None = None) -> None:
+    """Refuse a detection run whose backbone, heads, AdamW state and batch certainly cannot fit this
+    machine's memory (``memory_gb``, default: this machine's), or whose backbone is beyond the size cap;
+    the images counted are ``max(min_size)`` square (the least a batch of them holds). timm backbones are
+    not estimated."""
+    n_train = cfg.sizes()[0]
+    if cfg.is_timm or (n_train is not None and cfg.train.batch_size > n_train):
+        return  # (a batch larger than the training set: the trainer says so)
+    from ..models.footprint import activation_bytes, approx_params, check_training_fits, inference_bytes
+
+    ckpt = cfg.train.grad_checkpointing
+
+    def need_with(det: DetectorConfig):
+        side = min(max(det.min_size), det.max_size)
+
+        def need(m):
+            m = m.replace(num_classes=0)
+            hp, ha = head_footprint(det, m.stage_dims, side, side)
+            return approx_params(m) + hp, activation_bytes(m.replace(use_checkpoint=True) if ckpt else m, side) + ha
+        return need
+
+    det, default = cfg.detector, DetectorConfig()
+    alternatives = {f"detector.{k}": need_with(replace(det, **{k: getattr(default, k)}))
+                    for k in ("fpn_channels", "representation_size", "mask_channels", "mask_layers", "min_size")
+                    if getattr(det, k) != getattr(default, k)}
+    check_training_fits(cfg.model, need_with(det), cfg.train.batch_size, processes, memory_gb=memory_gb,
+                        alternatives=alternatives, size_key="detector.min_size", eval_batch=cfg.eval.batch_size,
+                        eval_per_image=_eval_bytes(cfg) if cfg.eval.batch_size else 0)
+
+
+def _eval_bytes(cfg: DetectConfig) -> int:
+    """What one test image (``min_size[-1]`` square) certainly needs in a detector's forward: the backbone's
+    largest block and the FPN's outputs (the heads' own work left out)."""
+    from ..models.footprint import inference_bytes
+
+    det = cfg.detector
+    side = min(det.min_size[-1], det.max_size)
+    m = cfg.backbone_config()
+    return inference_bytes(m, side) + head_footprint(det, m.stage_dims, side, side)[1] // (
+        3 if det.arch in ("maskrcnn", "fasterrcnn") else 8)
 
 
 def load_detect_config(path, overrides: Mapping[str, Any] | None = None) -> DetectConfig:

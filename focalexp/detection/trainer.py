@@ -31,6 +31,11 @@ class DetectionTrainer(Trainer):
     find_unused_parameters = True  # frozen stages; a batch without objects leaves mask-head grads unused
     cfg: DetectConfig
 
+    def _check_memory(self, processes: int) -> None:
+        from .config import check_memory
+
+        check_memory(self.cfg, processes)
+
     def _build_data_and_model(self) -> None:
         from .model import build_detector
 

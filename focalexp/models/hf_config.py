@@ -27,9 +27,9 @@ from typing import Any, Mapping
 
 from ..errors import CheckpointError, ConfigError, FocalexpError, closest
 from .config import FocalNetConfig
+from .footprint import MAX_PARAMS, approx_params  # noqa: F401 (approx_params: its old home)
 
 MAX_CONFIG_BYTES = 1 << 20  # a FocalNet config.json is ~2 kB (~30 kB with 22k labels)
-MAX_PARAMS = 3_000_000_000  # FocalNet-H is ~0.7 B
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 # transformers key -> (focalexp key, kind, lower, upper)
@@ -166,17 +166,6 @@ def _num_labels(d: Mapping[str, Any]) -> int:
     if "num_labels" in d:
         return _value("num_labels", d["num_labels"], "int", 0, MAX_LABELS)
     return 2  # transformers' PretrainedConfig default
-
-
-def approx_params(cfg: FocalNetConfig) -> int:
-    """Parameters of ``cfg``'s FocalNet, counted from the formula (no module is built): blocks, embeddings, head."""
-    total = cfg.in_chans * cfg.stage_dims[0] * (7 if cfg.use_conv_embed else cfg.patch_size) ** 2
-    for i, (depth, c) in enumerate(zip(cfg.depths, cfg.stage_dims)):
-        hidden = int(c * cfg.mlp_ratio)
-        block = c * (2 * c + cfg.focal_levels[i] + 1) + 2 * c * c + c * sum(k * k for k in cfg.stage_kernels(i)) \
-            + 2 * c * hidden + 8 * c
-        total += depth * block + ((c // 2) * c * (3 if cfg.use_conv_embed else 2) ** 2 if i else 0)
-    return total + cfg.num_features * (cfg.num_classes + 2)
 
 
 def check_size(cfg: FocalNetConfig) -> None:

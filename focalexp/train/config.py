@@ -231,6 +231,9 @@ def validate(cfg: RunConfig, data_present: bool = True) -> None:
         raise e.under("model") from e
     check_data(cfg.data, on_disk=data_present)
     t = cfg.train
+    # a run that says cpu trains on this machine's memory; elsewhere (auto, cuda) only the size cap here,
+    # the memory when the run starts on its machine (Trainer)
+    check_memory(cfg, memory_gb=None if t.device == "cpu" else float("inf"))
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
         raise ConfigError(f"expected two values in [0, 1), got {t.betas}", key="train.betas")
     if t.warmup_epochs >= t.epochs and t.epochs > 1:
@@ -241,6 +244,27 @@ def validate(cfg: RunConfig, data_present: bool = True) -> None:
         raise ConfigError("mixing pathfinder images destroys their labels (connected or not); keep 0", key="train.mixup")
     if t.amp == "fp16" and t.device == "cpu":
         raise ConfigError("fp16 autocast needs a GPU; use bf16 on CPU", key="train.amp")
+
+
+def check_memory(cfg: RunConfig, processes: int = 1, memory_gb: float | None = None) -> None:
+    """Refuse a run whose model, AdamW state and batch certainly cannot fit this machine's memory
+    (``memory_gb``, default: this machine's), or whose model is beyond the size cap anywhere; one line
+    naming the key to change (:mod:`focalexp.models.footprint`)."""
+    from ..models.footprint import activation_bytes, approx_params, check_training_fits, inference_bytes
+
+    from ..data.config import train_size_at_most
+
+    n_train = train_size_at_most(cfg.data)
+    if n_train is not None and cfg.train.batch_size > n_train:
+        return  # the trainer says what is wrong: the batch is larger than the training set
+    img, ckpt = cfg.data.img_size or 0, cfg.train.grad_checkpointing
+
+    def need(m):
+        return approx_params(m), activation_bytes(m.replace(use_checkpoint=True) if ckpt else m, img)
+
+    check_training_fits(cfg.model, need, cfg.train.batch_size, processes, memory_gb=memory_gb,
+                        eval_batch=cfg.eval.batch_size,
+                        eval_per_image=inference_bytes(cfg.model_config(), img) if cfg.eval.batch_size else 0)
 
 
 def check_nproc(nproc: int) -> None:

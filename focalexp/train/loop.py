@@ -273,6 +273,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
+        if self.device.type == "cpu":  # training in this machine's memory: refuse what cannot fit it
+            self._check_memory(int(os.environ.get("LOCAL_WORLD_SIZE", self.dist.world_size)))
         self._build_data_and_model()
         self.lr = t.lr * t.batch_size / t.lr_base_batch
         wd = 0.0 if t.weight_decay_mode == "official_none" else t.weight_decay
@@ -306,6 +308,11 @@ class Trainer:
     primary = "top1"  # the evaluation metric best.pth follows (higher is better)
     collate = None  # the DataLoader's collate_fn (None: torch's default)
     find_unused_parameters = False  # DDP
+
+    def _check_memory(self, processes: int) -> None:
+        from .config import check_memory
+
+        check_memory(self.cfg, processes)
 
     def _build_data_and_model(self) -> None:
         """``self.data`` (train, val, num_classes) and ``self.model`` on ``self.device``."""

@@ -733,8 +733,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(
-            name, help=help_, description=help_, epilog="examples:\n  " + EXAMPLES.get(name, ""),
+        p = sub.add_parser(  # argparse %-formats a command's help line ("95% interval" broke focalexp --help)
+            name, help=help_.replace("%", "%%"), description=help_, epilog="examples:\n  " + EXAMPLES.get(name, ""),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         p.set_defaults(func=fn)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import json
 import subprocess
 import sys
@@ -92,6 +94,19 @@ def test_bad_input_exits_2_with_one_line(run, args, needle):
     assert len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert "Traceback" not in p.stderr
     assert p.stdout == ""
+
+
+def test_every_help_prints_and_exits_0(run):
+    """``focalexp --help`` and every command's --help: a command's help line with a "%" once made the
+    top-level help a TypeError traceback."""
+    from focalexp.cli import build_parser
+
+    top = run("--help", check_rc=0)
+    commands = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)][0].choices
+    assert "95% interval" in " ".join(top.stdout.split()) and len(commands) >= 10
+    for name in commands:
+        p = run(name, "--help", check_rc=0)
+        assert p.stdout.startswith("usage: focalexp " + name) and "Traceback" not in p.stderr, name
 
 
 def test_help_shows_examples(run):

@@ -284,7 +284,8 @@ def test_hf_config_json_is_checked(tmp_path):
     for change, needle in [
         ({"embed_dimm": 16}, "unknown key 'embed_dimm' (did you mean 'embed_dim'?)"),
         ({"embed_dim": 10**12}, "embed_dim: expected an integer in [1, 8192]"),
-        ({"depths": [1024] * 4, "embed_dim": 4096}, "parameters"),
+        ({"depths": [10, 10, 10, 10], "embed_dim": 8192}, "parameters"),
+        ({"depths": [1024] * 4, "embed_dim": 4096}, "4,096 blocks in all; at most 1,000"),
         ({"focal_levels": "2"}, "focal_levels: expected a list"),
         ({"hidden_act": "relu"}, "hidden_act"),
         ({"model_type": "swin"}, "model_type"),

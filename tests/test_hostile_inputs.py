@@ -494,8 +494,8 @@ case("model-beyond-size-cap", [*TRAIN, "--set", "model.embed_dim=1000000", "--ou
      "B parameters (more than 3 B)")
 case("focal-levels-beyond-size-cap", [*TRAIN, "--set", "model.focal_levels=1000", "--out", "{tmp}/run"],
      "model.focal_levels", "B parameters")
-case("depths-beyond-memory", [*TRAIN, "--set", "model.depths=[2000,2000,2000]", "--set", "model.embed_dim=32",
-                              "--set", "train.batch_size=128", "--set", "data.train_size=1000", "--out", "{tmp}/run"],
+case("depths-beyond-memory", [*TRAIN, "--set", "model.depths=[300,300,300]", "--set", "model.embed_dim=32",
+                              "--set", "train.batch_size=1000", "--set", "data.train_size=2000", "--out", "{tmp}/run"],
      "train.batch_size", "GiB", "fit")
 case("cpu-batch-beyond-memory", [*TRAIN, "--set", "train.device=cpu", "--set", "model.embed_dim=256", "--set",
                                  "train.batch_size=100000", "--set", "data.train_size=100000", "--out", "{tmp}/run"],
@@ -512,6 +512,35 @@ case("detect-fpn-beyond-size-cap", [*DETECT, "--set", "detector.fpn_channels=100
      "detector.fpn_channels", "B parameters")
 case("detect-backbone-beyond-size-cap", [*DETECT, "--set", "model.embed_dim=100000", "--out", "{tmp}/run"],
      "model.embed_dim", "B parameters")
+case("flops-set-beyond-size-cap", ["flops", "--model", "focalnet_micro", "--set", "embed_dim=1000000"],
+     "--set embed_dim", "B parameters")
+case("flops-depths-beyond-block-cap", ["flops", "--model", "focalnet_micro", "--set", "depths=[100000,2,2,2]"],
+     "depths", "100,006 blocks in all; at most 1,000")
+case("flops-timm-knob-beyond-size-cap", ["flops", "--model", "vit_tiny_patch16_224", "--set", "embed_dim=192000",
+                                         "--set", "num_heads=3"], "--set", "B parameters")
+case("viz-set-beyond-size-cap", [*VIZ, "--set", "embed_dim=1000000"], "--set embed_dim", "B parameters")
+case("bench-batch-beyond-memory", ["bench", "--model", "focalnet_micro", "--batch-size", "100000000", "--steps", "1",
+                                   "--rounds", "1"], "--batch-size", "images fit")
+case("bench-timm-image-batch-beyond-memory", ["bench", "--model", "resnet18", "--img-size", "4096", "--batch-size",
+                                              "4096", "--steps", "1", "--rounds", "1"], "--batch-size", "resnet18")
+
+
+def own_ckpt_config(**change) -> Callable[[Path], None]:
+    """A focalexp checkpoint whose stored config is changed (its weights are a micro model's)."""
+    def _setup(tmp: Path) -> None:
+        from focalexp import create_model
+        from focalexp.models.checkpoint import FORMAT
+
+        m = create_model("focalnet_micro", num_classes=2)
+        torch.save({"format": FORMAT, "config": {**m.config.to_dict(), **change}, "state_dict": m.state_dict()},
+                   tmp / "big.pth")
+    return _setup
+
+
+for argv in (["viz", "--what", "kernels", "--checkpoint", "{tmp}/big.pth", "--out", "{tmp}/f.png"],
+             ["export", "{tmp}/big.pth", "--to", "hf", "--out", "{tmp}/out"]):
+    case(f"{argv[0]}-checkpoint-config-beyond-size-cap", argv, "big.pth", "config.embed_dim", "B parameters",
+         setup=own_ckpt_config(embed_dim=1000000))
 case("cifar-missing", [*TRAIN, "--set", "data.dataset=cifar10", "--set", "data.root={tmp}", "--out", "{tmp}/run"],
      "no cifar10")
 FM = [*TRAIN, "--set", "data.dataset=fashion_mnist", "--set", "data.root={tmp}/fm", "--out", "{tmp}/run"]
@@ -728,7 +757,7 @@ case("export-hf-config-unknown-key", EXPORT, "config.json", "unknown key 'embed_
 case("export-hf-config-huge-value", EXPORT, "config.json", "embed_dim: expected an integer in [1, 8192]",
      setup=hf_dir(config={"embed_dim": 10**15}))
 case("export-hf-config-huge-model", EXPORT, "config.json", "B parameters", "refused",
-     setup=hf_dir(config={"embed_dim": 4096, "depths": [1000, 1000]}))
+     setup=hf_dir(config={"embed_dim": 8192, "depths": [10, 10]}))
 case("export-hf-config-many-stages", EXPORT, "config.json", "depths", "1 to 16",
      setup=hf_dir(config={"depths": [1] * 1000}))
 case("export-hf-config-not-json", EXPORT, "config.json", "not valid JSON", setup=hf_dir(raw_config="{model_type: focalnet"))

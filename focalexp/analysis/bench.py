@@ -155,6 +155,31 @@ def _in_chans(spec: Any) -> int:
     return spec.in_chans
 
 
+def _check_fits(specs: Sequence[Any], sizes: Sequence[int], batch_size: int, modes: Sequence[str]) -> None:
+    """On CPU: refuse a batch whose input (every model), plus for a FocalNet its activations (a training
+    step's, else an evaluation's: :mod:`focalexp.models.footprint`, lower bounds), cannot fit this
+    machine's memory; one line naming --batch-size (or --img-size) with how many images fit."""
+    from ..fileio import machine_memory_gb
+    from ..models.footprint import BYTES_PER_PARAM, activation_bytes, approx_params, inference_bytes
+
+    gb = machine_memory_gb()
+    if gb is None:
+        return
+    for spec, size in zip(specs, sizes):
+        per_image = _in_chans(spec) * size * size * 4
+        fixed = 0
+        if spec.config is not None:
+            train = "train" in modes
+            per_image += activation_bytes(spec.config, size) if train else inference_bytes(spec.config, size)
+            fixed = approx_params(spec.config) * (BYTES_PER_PARAM if train else 4)
+        fits = int((gb * 2 ** 30 - fixed) // per_image)
+        if batch_size > fits:
+            key = "--batch-size" if fits >= 1 else "--img-size"
+            raise ConfigError(f"{key}: {batch_size:,} images of {size} px: {spec.label} needs at least "
+                              f"{(fixed + batch_size * per_image) / 2 ** 30:,.1f} GiB; this machine has {gb:.1f} GiB"
+                              + (f": about {fits:,} images fit" if fits >= 1 else ""))
+
+
 def run_bench(
     models: Sequence[Any],
     *,
@@ -205,6 +230,8 @@ def run_bench(
     specs = _resolve_specs(models, overrides)
     sizes = [img_size_override(s, img_size) for s in specs]
     modes = list(MODES) if mode == "both" else [mode]
+    if dev.type == "cpu":
+        _check_fits(specs, sizes, batch_size, modes)
 
     def say(msg: str) -> None:
         if progress:

@@ -20,6 +20,8 @@ from typing import Any, Mapping
 
 from ..errors import ConfigError, closest, did_you_mean
 
+MAX_BLOCKS = 1000  # blocks in all stages together; building 100,000 ran for minutes before anything failed
+
 # the built-in token mixers (their classes: focalexp.models.mixers, which registers each under its name)
 TOKEN_MIXERS = ("focal_modulation", "dwconv", "pooling", "window_attention")
 GATINGS = ("linear", "none", "sigmoid", "softmax")
@@ -135,6 +137,8 @@ class FocalNetConfig:
         depths = _int_tuple("depths", self.depths)
         if not depths or any(d < 1 for d in depths):
             raise ConfigError(f"expected a non-empty list of block counts >= 1, got {list(depths)}", key="depths")
+        if sum(depths) > MAX_BLOCKS:
+            raise ConfigError(f"{sum(depths):,} blocks in all; at most {MAX_BLOCKS:,} (FocalNet-H has 24)", key="depths")
         set_("depths", depths)
         n = len(depths)
         if self.isotropic and n != 1:

@@ -55,6 +55,7 @@ def create_model(
                     "create_model('focalnet_t_srf', checkpoint=...))"
                 )
             name_or_config = stored
+            _check_stored_size(stored, checkpoint)
     cfg = resolve_config(name_or_config, **overrides)
     if features_only and cfg.out_indices is None:
         cfg = cfg.replace(out_indices=tuple(range(cfg.num_stages)))
@@ -66,6 +67,17 @@ def create_model(
     if state is not None:
         load_state_into(model, state, strict=strict, source=f"checkpoint '{checkpoint}'")
     return model
+
+
+def _check_stored_size(stored: dict, checkpoint: Any) -> None:
+    """A checkpoint's own config is untrusted too: one that describes more than 3 B parameters is refused
+    (naming the file and the key) before torch tries to allocate them."""
+    from .footprint import check_size_cap
+
+    try:
+        check_size_cap(stored, prefix="config.")
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint '{checkpoint}': {e}") from None
 
 
 def _hub_reachable(endpoint: str, timeout: float = 5.0) -> bool:

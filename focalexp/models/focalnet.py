@@ -16,6 +16,7 @@ from ..errors import ConfigError
 from .capture import is_capturing, is_fx_tracing
 from .config import FocalNetConfig
 from .fastpath import ChannelLinear
+from .footprint import check_model_size
 from .layers import FocalNetBlock, PatchEmbed
 from .layout import to_nchw, to_nhwc
 from .mixers import build_mixer
@@ -100,6 +101,7 @@ class FocalNet(nn.Module):
     def __init__(self, config: FocalNetConfig | None = None):
         super().__init__()
         cfg = config if config is not None else FocalNetConfig()
+        check_model_size(cfg)  # > 3 B parameters: refused before torch tries to allocate them
         self.config = cfg
         dims = cfg.stage_dims
         self.num_classes = cfg.num_classes

@@ -29,7 +29,8 @@ from ..errors import ConfigError
 from .config import FocalNetConfig
 
 __all__ = ["BYTES_PER_PARAM", "MAX_PARAMS", "approx_params", "activation_bytes",
-           "inference_bytes", "training_bytes", "describe_need", "check_training_fits"]
+           "inference_bytes", "training_bytes", "describe_need", "check_training_fits", "check_size_cap",
+           "check_model_size"]
 
 MAX_PARAMS = 3_000_000_000  # FocalNet-H is ~0.7 B; more is refused on any machine
 BYTES_PER_PARAM = 16  # fp32 weight + gradient + AdamW's exp_avg and exp_avg_sq
@@ -127,9 +128,7 @@ def check_training_fits(section, need, batch: int, processes: int = 1, *, memory
 
     cfg = resolve_config(dict(section))
     params, per_image = need(cfg)
-    if params > MAX_PARAMS:
-        raise ConfigError(f"describes a model of {params / 1e9:,.1f} B parameters (more than "
-                          f"{MAX_PARAMS / 1e9:g} B); refused", key=_culprit(section, need, lambda p, a: p, alternatives) or "model")
+    check_size_cap(section, need, alternatives)
     gb = machine_memory_gb() if memory_gb is None else memory_gb
     limit = None if gb is None else gb * 2 ** 30
     if limit is None:
@@ -154,7 +153,30 @@ def check_training_fits(section, need, batch: int, processes: int = 1, *, memory
     raise ConfigError(f"even one image per process: {figures}", key=key)
 
 
-def _culprit(section, need, cost, alternatives=None) -> str | None:
+def check_size_cap(section, need=None, alternatives=None, prefix: str = "model.") -> None:
+    """Refuse, on any machine, a model of more than :data:`MAX_PARAMS` parameters, naming the key of
+    ``section`` (a preset and its overrides; ``prefix`` + key) or of ``alternatives`` that makes it so."""
+    from .presets import resolve_config
+
+    need = need or (lambda m: (approx_params(m), 0))
+    params = need(resolve_config(dict(section)))[0]
+    if params > MAX_PARAMS:
+        raise too_large(params, _culprit(section, need, lambda p, a: p, alternatives, prefix) or prefix.rstrip("."))
+
+
+def check_model_size(cfg: FocalNetConfig, key: str | None = "model") -> None:
+    """The same cap for a config alone (whatever built it: a checkpoint's stored config, a library call)."""
+    params = approx_params(cfg)
+    if params > MAX_PARAMS:
+        raise too_large(params, key)
+
+
+def too_large(params: int, key: str | None) -> ConfigError:
+    return ConfigError(f"describes a model of {params / 1e9:,.1f} B parameters (more than {MAX_PARAMS / 1e9:g} B); "
+                       "refused", key=key or None)
+
+
+def _culprit(section, need, cost, alternatives=None, prefix: str = "model.") -> str | None:
     """The key of ``section`` (other than the preset), or of ``alternatives``, whose removal lowers
     ``cost(params, per_image)`` most."""
     from ..errors import FocalexpError
@@ -174,5 +196,5 @@ def _culprit(section, need, cost, alternatives=None) -> str | None:
         except (FocalexpError, ValueError, TypeError):
             continue
         if c < best_cost:
-            best, best_cost = f"model.{k}", c
+            best, best_cost = f"{prefix}{k}", c
     return best

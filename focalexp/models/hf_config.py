@@ -27,7 +27,7 @@ from typing import Any, Mapping
 
 from ..errors import CheckpointError, ConfigError, FocalexpError, closest
 from .config import FocalNetConfig
-from .footprint import MAX_PARAMS, approx_params  # noqa: F401 (approx_params: its old home)
+from .footprint import MAX_PARAMS, approx_params, check_model_size  # noqa: F401 (approx_params: its old home)
 
 MAX_CONFIG_BYTES = 1 << 20  # a FocalNet config.json is ~2 kB (~30 kB with 22k labels)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -170,9 +170,7 @@ def _num_labels(d: Mapping[str, Any]) -> int:
 
 def check_size(cfg: FocalNetConfig) -> None:
     """Refuse a config whose model would have more than :data:`MAX_PARAMS` parameters, before anything is built."""
-    n = approx_params(cfg)
-    if n > MAX_PARAMS:
-        raise ConfigError(f"describes a model of {n / 1e9:,.1f} B parameters (more than {MAX_PARAMS / 1e9:g} B); refused")
+    check_model_size(cfg, key=None)
 
 
 def read_pretrained_dir(path: str | os.PathLike) -> tuple[dict, FocalNetConfig]:

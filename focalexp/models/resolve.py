@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import ConfigError, UnknownNameError, closest, did_you_mean
 from .config import FocalNetConfig
+from .footprint import MAX_PARAMS, check_size_cap, too_large
 from .presets import canonical_name, list_presets, resolve_config
 
 if TYPE_CHECKING:  # resolving a name needs no torch; building the model does
@@ -59,6 +60,13 @@ class ModelSpec:
         import timm
 
         try:
+            if self.timm_kwargs:  # knobs can make any size: count it on the meta device (no memory) first
+                import torch
+
+                with torch.device("meta"):
+                    params = sum(p.numel() for p in timm.create_model(self.timm_name, **self.timm_kwargs).parameters())
+                if params > MAX_PARAMS:
+                    raise too_large(params, "--set")
             return timm.create_model(self.timm_name, pretrained=False, **(self.timm_kwargs or {}))
         except TypeError as e:
             bad = re.search(r"unexpected keyword argument '(\w+)'", str(e))
@@ -140,6 +148,7 @@ def resolve_model_spec(name: str, overrides: Mapping[str, Any] | None = None) ->
         _check_timm_knobs(name, overrides)
         return ModelSpec(label=name, config=None, timm_name=name, timm_kwargs=dict(overrides))
     cfg = resolve_config(preset, **overrides)
+    check_size_cap({"preset": preset, **overrides}, prefix="--set ")
     label = preset if not overrides else f"{preset} ({', '.join(f'{k}={v}' for k, v in overrides.items())})"
     return ModelSpec(label=label, config=cfg, preset=preset)
 

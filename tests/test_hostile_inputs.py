@@ -541,6 +541,16 @@ for argv in (["viz", "--what", "kernels", "--checkpoint", "{tmp}/big.pth", "--ou
              ["export", "{tmp}/big.pth", "--to", "hf", "--out", "{tmp}/out"]):
     case(f"{argv[0]}-checkpoint-config-beyond-size-cap", argv, "big.pth", "config.embed_dim", "B parameters",
          setup=own_ckpt_config(embed_dim=1000000))
+# counts that forked, spun or built until the machine gave out (data.workers 100000: the OOM killer)
+case("workers-beyond-cap", [*TRAIN, "--set", "data.workers=100000", "--out", "{tmp}/run"], "data.workers",
+     "expected <= 64")
+case("threads-beyond-cap", [*TRAIN, "--set", "train.threads=100000", "--out", "{tmp}/run"], "train.threads",
+     "expected <= 256")
+case("detect-workers-beyond-cap", [*DETECT, "--set", "data.workers=100000", "--out", "{tmp}/run"], "data.workers")
+case("detect-mask-layers-beyond-cap", [*DETECT, "--set", "detector.mask_layers=100000", "--out", "{tmp}/run"],
+     "detector.mask_layers", "expected <= 32")
+case("flops-num-classes-beyond-size-cap", ["flops", "--model", "focalnet_micro", "--set", "num_classes=1000000000"],
+     "--set num_classes", "B parameters")
 case("cifar-missing", [*TRAIN, "--set", "data.dataset=cifar10", "--set", "data.root={tmp}", "--out", "{tmp}/run"],
      "no cifar10")
 FM = [*TRAIN, "--set", "data.dataset=fashion_mnist", "--set", "data.root={tmp}/fm", "--out", "{tmp}/run"]

@@ -37,7 +37,7 @@ class DataConfig:
                                     f"{FASHION_MNIST_ROOT})")
     img_size: Optional[int] = opt(None, "input size (default: 32 for pathfinder/cifar/fashion_mnist, 224 for "
                                         "imagefolder; fashion_mnist: 28 as stored, 32 padded, others resized)", min=8)
-    workers: int = opt(0, "DataLoader worker processes", min=0)
+    workers: int = opt(0, "DataLoader worker processes (at most 64: 100,000 forked until the OOM killer)", min=0, max=64)
     train_size: Optional[int] = opt(None, "training images (pathfinder: generated, default 20000; others: a cap)", min=1)
     val_size: Optional[int] = opt(None, "validation images (pathfinder default 2000; others: a cap)", min=1)
     path_length: int = opt(12, "pathfinder: pixels per path (the spatial range the task needs)", min=2)

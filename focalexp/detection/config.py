@@ -41,7 +41,7 @@ class DetectorConfig:
     max_size: int = _f(1333, "longer side at most", min=16)
     representation_size: int = _f(1024, "R-CNN box head: MLP width", min=8)
     mask_channels: int = _f(256, "Mask R-CNN mask head: conv width", min=8)
-    mask_layers: int = _f(4, "Mask R-CNN mask head: 3x3 convs", min=1)
+    mask_layers: int = _f(4, "Mask R-CNN mask head: 3x3 convs", min=1, max=32)
     rpn_batch_size_per_image: int = _f(256, "RPN anchors sampled per image", min=1)
     box_batch_size_per_image: int = _f(512, "R-CNN RoIs sampled per image", min=1)
     rpn_proposals_train: int = _f(2000, "RPN proposals kept per image at training (per level before NMS)", min=1)
@@ -63,7 +63,7 @@ class DetDataConfig:
     max_objects: int = _f(6, "shapes: objects per image at most", min=1, max=100)
     frame_rate: float = _f(0.25, "shapes: how often a square or triangle is framed too", min=0.0, max=1.0)
     hflip: float = _f(0.5, "horizontal flip probability at training", min=0.0, max=1.0)
-    workers: int = _f(0, "DataLoader worker processes", min=0)
+    workers: int = _f(0, "DataLoader worker processes (at most 64)", min=0, max=64)
 
 
 @dataclass

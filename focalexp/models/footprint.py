@@ -161,7 +161,7 @@ def check_size_cap(section, need=None, alternatives=None, prefix: str = "model."
     need = need or (lambda m: (approx_params(m), 0))
     params = need(resolve_config(dict(section)))[0]
     if params > MAX_PARAMS:
-        raise too_large(params, _culprit(section, need, lambda p, a: p, alternatives, prefix) or prefix.rstrip("."))
+        raise too_large(params, _culprit(section, need, lambda p, a: p, alternatives, prefix) or prefix.rstrip(". "))
 
 
 def check_model_size(cfg: FocalNetConfig, key: str | None = "model") -> None:
@@ -189,7 +189,7 @@ def _culprit(section, need, cost, alternatives=None, prefix: str = "model.") -> 
         if c < best_cost:
             best, best_cost = k, c
     for k in section:
-        if k in ("preset", "num_classes", "img_size", "in_chans", "out_indices"):
+        if k in ("preset", "out_indices"):
             continue
         try:
             c = cost(*need(resolve_config({kk: v for kk, v in section.items() if kk != k})))

@@ -52,7 +52,8 @@ class TrainConfig:
     compile: bool = _f(False, "torch.compile the model")
     grad_checkpointing: bool = _f(False, "activation checkpointing per block")
     device: str = _f("auto", "auto (cuda if available), cpu or cuda", choices=("auto", "cpu", "cuda"))
-    threads: Optional[int] = _f(None, "torch CPU threads (default: torch's choice)", min=1)
+    threads: Optional[int] = _f(None, "torch CPU threads (default: torch's choice; at most 256: 4096 on 2 cores "
+                                 "ran for minutes)", min=1, max=256)
     checkpoint_every_steps: Optional[int] = _f(None, "also save last.pth every N steps (and always per epoch)", min=1)
     stop_after_epochs: Optional[int] = _f(
         None, "end this process after N epochs (a later run resumes): for staged or tested preemption", min=1)
